@@ -1,0 +1,32 @@
+# make demo: the whole pipeline on synthetic COCO-format data, then the report.
+# make test: the test suite. Both create .venv first when it is missing.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+CORES ?= 2
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE ?= offline
+
+.PHONY: demo test lint clean-demo
+
+$(BIN)/activate: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(BIN)/activate
+
+demo: $(BIN)/activate
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --report results/demo/report.html
+	@echo "report: $(CURDIR)/results/demo/report.html"
+
+# pytest exits 5 when it collected no test: that is a failure, said plainly.
+test: $(BIN)/activate
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc; }
+
+lint: $(BIN)/activate
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakemake --lint
+
+clean-demo:
+	rm -rf results/demo resources/synthetic-demo

@@ -1,0 +1,3 @@
+from cocoseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""``python -m cocoseg <step>``: every pipeline step without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from cocoseg.logs import logged
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
+
+
+def _fraction(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    return name, float(value)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from cocoseg.config import load_config
+
+    load_config(args.configfile)
+    print(f"{args.configfile}: valid")
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from cocoseg.data.synth import generate
+
+    generate(args.images_zip, args.annotations_zip, args.num_images, args.seed, args.size)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from cocoseg.data.download import download
+
+    download(args.url, args.dest, args.sha256, args.retries, timeout=args.timeout)
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from cocoseg.data.extract import extract_images, extract_member
+
+    if args.member:
+        extract_member(args.archive, args.member, args.dest)
+    else:
+        extract_images(args.archive, args.annotations, args.classes, args.dest, args.listing, args.threads)
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from cocoseg.data.select import select_images
+
+    select_images(args.annotations, args.images_dir, args.classes, args.out_dir, args.max_images,
+                  args.seed, args.crowd, args.threads)
+
+
+def cmd_masks(args: argparse.Namespace) -> None:
+    from cocoseg.data.masks import build_masks
+
+    build_masks(args.instances, args.masks_dir, args.counts, args.crowd, args.shard, args.num_shards)
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from cocoseg.data.split import split_manifest
+
+    split_manifest(args.selected, args.counts, args.classes, args.manifest, args.splits,
+                   dict(args.fractions), args.seed, args.images_dir)
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    from cocoseg.data.stats import write_stats
+
+    out = Path(args.out_dir)
+    write_stats(args.manifest, args.classes, out / "tables/class_distribution.csv",
+                out / "tables/class_distribution.html", out / "figures/class_images.png",
+                out / "figures/class_pixels.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cocoseg", description=__doc__)
+    parser.add_argument("--log", help="also write the log to this file")
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(name: str, func: Callable[[argparse.Namespace], None], text: str) -> argparse.ArgumentParser:
+        sub = steps.add_parser(name, help=text, description=text)
+        sub.set_defaults(func=func)
+        return sub
+
+    sub = step("validate", cmd_validate, "check a config file against the schema")
+    sub.add_argument("configfile")
+
+    sub = step("synth", cmd_synth, "write a synthetic COCO-format dataset (images zip, annotations zip)")
+    sub.add_argument("--images-zip", required=True)
+    sub.add_argument("--annotations-zip", required=True)
+    sub.add_argument("--num-images", type=int, default=300)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--size", type=_size, nargs="+", default=[(160, 120), (128, 128)], metavar="WxH")
+
+    sub = step("download", cmd_download, "download a URL (http, https, file) with resume and verification")
+    sub.add_argument("url")
+    sub.add_argument("dest")
+    sub.add_argument("--sha256")
+    sub.add_argument("--retries", type=int, default=5)
+    sub.add_argument("--timeout", type=float, default=60.0)
+
+    sub = step("extract", cmd_extract, "extract one member (--member) or the candidate images of the classes")
+    sub.add_argument("archive")
+    sub.add_argument("--dest", required=True, help="file (with --member) or images folder")
+    sub.add_argument("--member")
+    sub.add_argument("--annotations")
+    sub.add_argument("--classes", nargs="+")
+    sub.add_argument("--listing", help="CSV listing what happened to each image")
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = step("select", cmd_select, "select usable candidate images; write selected, rejected, instances")
+    sub.add_argument("--annotations", required=True)
+    sub.add_argument("--images-dir", required=True)
+    sub.add_argument("--classes", nargs="+", required=True)
+    sub.add_argument("--out-dir", required=True)
+    sub.add_argument("--max-images", type=int)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--crowd", choices=["ignore", "label", "background"], default="ignore")
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = step("masks", cmd_masks, "write the label masks of one shard and their pixel counts")
+    sub.add_argument("--instances", required=True)
+    sub.add_argument("--masks-dir", required=True)
+    sub.add_argument("--counts", required=True)
+    sub.add_argument("--crowd", choices=["ignore", "label", "background"], default="ignore")
+    sub.add_argument("--shard", type=int, default=0)
+    sub.add_argument("--num-shards", type=int, default=1)
+
+    sub = step("split", cmd_split, "stratified seeded split; write manifest.csv and splits.csv")
+    sub.add_argument("--selected", required=True)
+    sub.add_argument("--counts", nargs="+", required=True)
+    sub.add_argument("--classes", nargs="+", required=True)
+    sub.add_argument("--manifest", required=True)
+    sub.add_argument("--splits", required=True)
+    sub.add_argument("--fractions", type=_fraction, nargs=3, default=[("train", 0.8), ("val", 0.1), ("test", 0.1)],
+                     metavar="NAME=FRACTION")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--images-dir")
+
+    sub = step("stats", cmd_stats, "class distribution tables and histograms")
+    sub.add_argument("--manifest", required=True)
+    sub.add_argument("--classes", nargs="+", required=True)
+    sub.add_argument("--out-dir", required=True, help="writes tables/ and figures/ below it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with logged(args.log):
+            args.func(args)
+    except Exception as e:  # the log holds the traceback; the user gets one clear line
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,68 @@
+"""The study's configuration: schema validation with messages that name the key, plus the checks a schema cannot express."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from cocoseg.coco import COCO_CATEGORY_NAMES, check_class_names
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and what is allowed."""
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(part) for part in path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"{key}: {error.message}; allowed keys here: {allowed}"
+    if error.validator == "enum":
+        return f"{key}: {error.instance!r} is not allowed; use one of {error.validator_value}"
+    return f"{key}: {error.message}"
+
+
+def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    with open(schema_path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def validate_config(
+    config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH, source: str = "config"
+) -> dict[str, Any]:
+    """Raise ConfigError naming every bad key; return a copy with the schema's defaults filled in."""
+    from snakemake.utils import validate
+
+    validator = jsonschema.Draft7Validator(load_schema(schema_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        details = "\n  ".join(_describe(e) for e in errors)
+        raise ConfigError(f"invalid {source}:\n  {details}")
+    filled = copy.deepcopy(config)
+    validate(filled, str(schema_path), set_default=True)
+    dataset = filled["dataset"]
+    if dataset["source"] in ("download", "synthetic"):
+        try:
+            check_class_names(dataset["classes"], COCO_CATEGORY_NAMES, "COCO instances")
+        except ValueError as e:
+            raise ConfigError(f"invalid {source}: {e}") from e
+    fractions = [filled["split"][name] for name in ("train", "val", "test")]
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"invalid {source}: split.train + split.val + split.test = {sum(fractions)}, must be 1")
+    return filled
+
+
+def load_config(path: str | Path, schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        config = yaml.safe_load(f) or {}
+    return validate_config(config, schema_path, source=str(path))

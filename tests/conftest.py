@@ -1,0 +1,59 @@
+"""Shared fixtures: a small synthetic COCO-format dataset, and running a rule script without Snakemake."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import warnings
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
+
+from cocoseg.data.synth import ANNOTATIONS_MEMBER, generate  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """120 synthetic images: the zips, and the extracted images folder and instances JSON."""
+    root = tmp_path_factory.mktemp("synthetic")
+    images_zip, annotations_zip = root / "images.zip", root / "annotations.zip"
+    generate(images_zip, annotations_zip, num_images=120, seed=7)
+    images_dir = root / "images"
+    with zipfile.ZipFile(images_zip) as archive:
+        for info in archive.infolist():
+            (images_dir / Path(info.filename).name).parent.mkdir(parents=True, exist_ok=True)
+            (images_dir / Path(info.filename).name).write_bytes(archive.read(info))
+    annotations = root / "instances.json"
+    with zipfile.ZipFile(annotations_zip) as archive:
+        annotations.write_bytes(archive.read(ANNOTATIONS_MEMBER))
+    return SimpleNamespace(root=root, images_zip=images_zip, annotations_zip=annotations_zip,
+                           images_dir=images_dir, annotations=annotations)
+
+
+class _Named(list):
+    """A list whose items are also attributes, like Snakemake's input/output/params."""
+
+    def __init__(self, **items: Any) -> None:
+        super().__init__(items.values())
+        self.__dict__.update(items)
+
+
+def run_rule_script(name: str, *, input: dict | None = None, output: dict | None = None,
+                    params: dict | None = None, wildcards: dict | None = None, log: str,
+                    threads: int = 1) -> None:
+    """Run workflow/scripts/<name>.py with a stand-in for the ``snakemake`` object."""
+    snakemake = SimpleNamespace(
+        input=_Named(**(input or {})), output=_Named(**(output or {})), params=_Named(**(params or {})),
+        wildcards=_Named(**(wildcards or {})), log=_Named(log=log), threads=threads,
+    )
+    runpy.run_path(str(REPO / "workflow" / "scripts" / f"{name}.py"), init_globals={"snakemake": snakemake})

@@ -1,0 +1,59 @@
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
+# Rule scripts run in their own interpreter (the venv or a conda env): let them import the library.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+
+from cocoseg.config import ConfigError, validate_config
+
+try:
+    config.update(validate_config(config, workflow.source_path("../../config/schema.yaml")))
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
+
+RUN = f"results/{config['run']}"
+RES = f"resources/{config['dataset']['name']}"
+SOURCE = config["dataset"]["source"]
+CLASSES = config["dataset"]["classes"]
+
+
+def archive_url(archive):
+    """The URL of an archive; a synthetic dataset is served from its own folder."""
+    if SOURCE == "synthetic":
+        return Path(f"{RES}/served/{archive}.zip").resolve().as_uri()
+    return lookup(dpath=f"dataset/download/{archive}/url", within=config)
+
+
+def archive_sha256(archive):
+    if SOURCE == "synthetic":
+        return None
+    return lookup(dpath=f"dataset/download/{archive}/sha256", within=config, default=None)
+
+
+def served_archive(wildcards):
+    """The synthetic archive that the download rule fetches, so Snakemake makes it first."""
+    return f"{RES}/served/{wildcards.archive}.zip" if SOURCE == "synthetic" else []
+
+
+def annotations_json():
+    if SOURCE == "local":
+        return config["dataset"]["annotations"]
+    return f"{RES}/annotations/instances.json"
+
+
+def images_dir():
+    if SOURCE == "local":
+        return config["dataset"]["images_dir"]
+    return f"{RES}/images"
+
+
+def extracted_listing():
+    return [] if SOURCE == "local" else f"{RUN}/data/extracted.csv"
+
+
+MASK_SHARDS = list(range(config["masks"]["shards"]))
