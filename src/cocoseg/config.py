@@ -43,7 +43,7 @@ def validate_config(
     """Raise ConfigError naming every bad key; return a copy with the schema's defaults filled in."""
     from snakemake.utils import validate
 
-    validator = jsonschema.Draft7Validator(load_schema(schema_path))
+    validator = jsonschema.Draft202012Validator(load_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         details = "\n  ".join(_describe(e) for e in errors)

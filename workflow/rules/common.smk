@@ -1,13 +1,11 @@
-import os
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-SRC = Path(workflow.basedir) / "src"
-sys.path.insert(0, str(SRC))
-# Rule scripts run in their own interpreter (the venv or a conda env): let them import the library.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+# The library, for this file. Rule scripts find it through workflow/scripts/cocoseg, a link to
+# src/cocoseg: Snakemake puts a script's folder on its sys.path, in the venv and in conda envs alike.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cocoseg.config import ConfigError, validate_config
 
