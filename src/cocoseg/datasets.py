@@ -1,0 +1,100 @@
+"""Images and label masks from the manifest, with albumentations transforms.
+
+Training resizes image and mask to ``image_size`` (the mask with nearest-neighbour) and
+augments; evaluation resizes only the image and keeps the mask at its own resolution, so
+metrics are computed at the label mask's resolution after the logits are upsampled.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check on import
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+from cocoseg.coco import IGNORE_LABEL  # noqa: E402
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(image_size: int, hflip: float = 0.5, vflip: float = 0.0, rotate: float = 0.0,
+                    seed: int | None = None) -> A.Compose:
+    steps: list[Any] = [A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
+                                 mask_interpolation=cv2.INTER_NEAREST)]
+    if hflip:
+        steps.append(A.HorizontalFlip(p=hflip))
+    if vflip:
+        steps.append(A.VerticalFlip(p=vflip))
+    if rotate:
+        steps.append(A.Rotate(limit=rotate, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+                              border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_LABEL, p=1.0))
+    steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    return A.Compose(steps, seed=seed)
+
+
+def eval_transform(image_size: int) -> A.Compose:
+    """Resize and normalize the image only: the mask keeps its own resolution."""
+    return A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR),
+                      A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image as HxWx3 uint8 RGB (grayscale and CMYK JPEGs converted)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
+class SegmentationDataset(Dataset):
+    """Rows of the manifest: image from ``image_path``, mask from ``run_dir / mask_path``."""
+
+    def __init__(self, manifest: pd.DataFrame, run_dir: str | Path, transform: A.Compose, train: bool) -> None:
+        self.rows = manifest.reset_index(drop=True)
+        self.run_dir = Path(run_dir)
+        self.transform = transform
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows.iloc[index]
+        image = read_rgb(row["image_path"])
+        mask = read_mask(self.run_dir / row["mask_path"])
+        if self.train:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        else:
+            image = self.transform(image=image)["image"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)),
+            "image_id": int(row["image_id"]),
+        }
+
+
+def collate_eval(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Images stacked (all resized alike); masks kept as a list, each at its own size."""
+    return {"image": torch.stack([b["image"] for b in batch]), "mask": [b["mask"] for b in batch],
+            "image_id": [b["image_id"] for b in batch]}
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream, derived from torch's per-worker seed."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, SegmentationDataset):
+        info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)

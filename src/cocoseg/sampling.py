@@ -1,0 +1,64 @@
+"""Image sampling for training: uniform, or class-aware repeat-factor oversampling.
+
+Repeat-factor sampling (Gupta et al., LVIS 2019): with f_c the fraction of training images
+that contain class c and t a threshold, class c gets r_c = max(1, sqrt(t / f_c)) and image i
+gets r_i = max over its classes of r_c. Each epoch an image appears floor(r_i) times plus once
+more with probability r_i - floor(r_i), in a seeded random order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+SAMPLINGS = ("uniform", "oversample")
+
+
+def repeat_factors(presence: np.ndarray, threshold: float) -> np.ndarray:
+    """r_i per image from a boolean images x classes presence matrix (background excluded)."""
+    presence = np.asarray(presence, dtype=bool)
+    freq = presence.mean(axis=0)
+    class_factor = np.where(freq > 0, np.sqrt(threshold / np.maximum(freq, 1e-12)), 1.0)
+    class_factor = np.maximum(1.0, class_factor)
+    per_image = np.where(presence, class_factor, 1.0)
+    return per_image.max(axis=1) if presence.shape[1] else np.ones(len(presence))
+
+
+class RepeatFactorSampler(Sampler[int]):
+    """Seeded per-epoch sampler; uniform sampling is the case where every factor is 1.
+
+    With ``num_replicas > 1`` each rank takes every num_replicas-th index of the same epoch list
+    (padded to a multiple), as DistributedSampler does, so oversampling survives distribution.
+    """
+
+    def __init__(self, factors: np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        self.factors = np.asarray(factors, dtype=np.float64)
+        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_indices(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        whole = np.floor(self.factors)
+        extra = torch.rand(len(self.factors), generator=generator, dtype=torch.float64).numpy()
+        counts = (whole + (extra < self.factors - whole)).astype(int)
+        indices = np.repeat(np.arange(len(self.factors)), counts)
+        order = torch.randperm(len(indices), generator=generator).numpy()
+        indices = indices[order].tolist()
+        if self.num_replicas > 1:
+            total = math.ceil(len(indices) / self.num_replicas) * self.num_replicas
+            indices += indices[: total - len(indices)]
+            indices = indices[self.rank :: self.num_replicas]
+        return indices
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices())
+
+    def __len__(self) -> int:
+        return len(self.epoch_indices())
