@@ -13,6 +13,9 @@ if not workflow.config_settings.configfiles:
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 report: "report/workflow.rst"
@@ -21,4 +24,5 @@ report: "report/workflow.rst"
 rule all:
     input:
         rules.data.input,
+        rules.results.input,
     default_target: True

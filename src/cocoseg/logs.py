@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def logged(log_file: str | Path | None) -> Iterator[logging.Logger]:
     logger = logging.getLogger("cocoseg")
     try:
         yield logger
-    except Exception:
-        logger.exception("failed")
+    except Exception as e:
+        logger.error("failed: %s", e)
+        if log_file:  # the traceback goes to the log; the console gets the message
+            with open(log_file, "a", encoding="utf-8") as f:
+                f.write(traceback.format_exc())
         raise

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -207,7 +208,7 @@ def train(
     threads: int | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one variant; write best.pt, last.pt, metrics.csv and training.json under ``out_dir``."""
+    """Train one variant; write best.pt, metrics.csv, training.json and checkpoints/ under ``out_dir``."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads:
@@ -238,7 +239,9 @@ def train(
     val_loader = _eval_loader(val_rows, run_dir, settings)
 
     start_epoch, start_step, best, history, elapsed = 0, 0, {"miou": -1.0, "epoch": -1}, [], 0.0
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    # Snakemake deletes a failed job's declared outputs: the checkpoints live apart, and best.pt is
+    # copied out only when training is complete.
+    last_path, best_path = out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt"
     if last_path.exists():
         state = load_checkpoint(last_path, device)
         model.load_state_dict(state["model"])
@@ -331,4 +334,6 @@ def train(
     with atomic_path(out_dir / "training.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     write_csv(frame, out_dir / "metrics.csv")
+    with atomic_path(out_dir / "best.pt") as tmp:
+        shutil.copyfile(best_path, tmp)
     return summary

@@ -55,3 +55,18 @@ def extracted_listing():
 
 
 MASK_SHARDS = list(range(config["masks"]["shards"]))
+
+from cocoseg.variants import expand_variants, settings_for
+
+VARIANTS = expand_variants(config)
+
+
+def train_settings(wildcards):
+    """The variant's training settings, as a plain dict (Snakemake tracks params for reruns)."""
+    from dataclasses import asdict
+
+    return asdict(settings_for(config, wildcards.variant))
+
+
+wildcard_constraints:
+    variant="|".join(VARIANTS),

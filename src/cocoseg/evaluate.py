@@ -1,0 +1,107 @@
+"""Evaluation of a variant's selected checkpoint: test split once, validation for comparison.
+
+Metrics are computed at each label mask's own resolution (logits upsampled bilinearly) from
+one confusion matrix per split. Test predictions are written as palette PNGs for the figures,
+with a per-image IoU table to find the worst images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cocoseg.data.masks import palette, save_mask
+from cocoseg.io import atomic_path, write_csv
+from cocoseg.metrics import metrics_from_confusion
+from cocoseg.models import build_model
+from cocoseg.train import TrainSettings, _eval_loader, evaluate_model, load_checkpoint, select_device
+
+log = logging.getLogger(__name__)
+
+
+def load_model(checkpoint_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    state = load_checkpoint(checkpoint_path, device)
+    settings = TrainSettings(**state["settings"])
+    model = build_model(settings.backbone, len(state["classes"]) + 1, "none", settings.aux_loss)
+    model.load_state_dict(state["model"])
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, state
+
+
+def image_miou(prediction: torch.Tensor, mask: torch.Tensor, num_classes: int) -> float:
+    """mIoU of one image over the classes present in its truth or prediction."""
+    valid = mask != 255
+    index = mask[valid].long() * num_classes + prediction[valid].long()
+    confusion = torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes).cpu().numpy()
+    return float(metrics_from_confusion(confusion)["miou"])
+
+
+def _metrics_record(result: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    names = ["background", *classes]
+    record = {key: result[key] for key in ("miou", "miou_objects", "mean_dice", "pixel_accuracy",
+                                           "mean_class_accuracy", "fw_iou", "pixels")}
+    for key in ("iou", "dice", "precision", "recall"):
+        record[key] = dict(zip(names, result[key]))
+    return record
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a class never seen nor predicted) becomes null, which JSON can hold."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def evaluate(
+    checkpoint_path: str | Path,
+    manifest_path: str | Path,
+    run_dir: str | Path,
+    out_dir: str | Path,
+    num_workers: int = 0,
+    batch_size: int = 8,
+    threads: int | None = None,
+    device_name: str = "auto",
+) -> dict[str, Any]:
+    """Write metrics.json, confusion.csv (test), per_image.csv and predictions/ under ``out_dir``."""
+    out_dir = Path(out_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    device = select_device(device_name)
+    model, state = load_model(checkpoint_path, device)
+    classes: list[str] = state["classes"]
+    settings = TrainSettings(**{**state["settings"], "num_workers": num_workers, "eval_batch_size": batch_size})
+    manifest = pd.read_csv(manifest_path)
+    colours = palette(len(classes))
+    per_image: list[dict[str, Any]] = []
+
+    def keep(image_id: int, prediction: torch.Tensor, mask: torch.Tensor) -> None:
+        save_mask(prediction.to(torch.uint8).cpu().numpy(), out_dir / "predictions" / f"{image_id}.png", colours)
+        per_image.append({"image_id": image_id, "miou": image_miou(prediction, mask, len(classes) + 1)})
+
+    report: dict[str, Any] = {"variant": state["variant"], "checkpoint_epoch": state["epoch"],
+                              "val_miou_at_selection": state["val_miou"], "resolution": "label mask (original)"}
+    for split in ("val", "test"):
+        rows = manifest[manifest["split"] == split].reset_index(drop=True)
+        result = evaluate_model(model, _eval_loader(rows, Path(run_dir), settings), len(classes) + 1, device,
+                                on_prediction=keep if split == "test" else None)
+        report[split] = {"images": len(rows), **_metrics_record(result, classes)}
+        if split == "test":
+            names = ["background", *classes]
+            write_csv(pd.DataFrame(result["confusion"], index=names, columns=names).rename_axis("truth").reset_index(),
+                      out_dir / "confusion.csv")
+        log.info("%s %s: mIoU %.4f, pixel accuracy %.4f", state["variant"], split, result["miou"],
+                 result["pixel_accuracy"])
+    write_csv(pd.DataFrame(per_image).sort_values("image_id"), out_dir / "per_image.csv")
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
+    return report

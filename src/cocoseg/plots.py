@@ -1,0 +1,175 @@
+"""Result tables and figures across variants, for the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from cocoseg.data.masks import palette  # noqa: E402
+from cocoseg.datasets import read_mask, read_rgb  # noqa: E402
+from cocoseg.io import atomic_path, write_csv, write_text  # noqa: E402
+from cocoseg.variants import parse_variant  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def summary_tables(metrics_paths: list[str | Path], training_paths: list[str | Path],
+                   classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per variant (test metrics, selection, cost) and the per-class test IoU table."""
+    rows, per_class = [], []
+    for metrics_path, training_path in zip(metrics_paths, training_paths):
+        metrics, training = _read_json(metrics_path), _read_json(training_path)
+        variant = metrics["variant"]
+        backbone, loss, sampling = parse_variant(variant)
+        test = metrics["test"]
+        rows.append({
+            "variant": variant, "backbone": backbone, "loss": loss, "sampling": sampling,
+            "test_miou": test["miou"], "test_miou_objects": test["miou_objects"], "test_mean_dice": test["mean_dice"],
+            "test_pixel_accuracy": test["pixel_accuracy"], "test_mean_class_accuracy": test["mean_class_accuracy"],
+            "test_fw_iou": test["fw_iou"], "val_miou": metrics["val"]["miou"], "best_epoch": training["best_epoch"],
+            "epochs": training["epochs"], "train_minutes": training["train_seconds"] / 60,
+            "images_per_s": training["images_per_s"], "device": training["device"],
+        })
+        per_class.append({"variant": variant, **{name: test["iou"][name] for name in ("background", *classes)},
+                          "mIoU": test["miou"]})
+    return pd.DataFrame(rows), pd.DataFrame(per_class)
+
+
+def _highlighted_html(frame: pd.DataFrame, best: int, note: str) -> str:
+    numeric = frame.select_dtypes("number").columns
+    styled = (frame.style.hide(axis="index")
+              .format({c: "{:.3f}" for c in numeric if frame[c].dtype.kind == "f"}, na_rep="–")
+              .apply(lambda row: ["font-weight: bold; background-color: #fff3b0" if row.name == best else ""
+                                  for _ in row], axis=1))
+    return f"<p>{note}</p>\n" + styled.to_html()
+
+
+def write_tables(metrics_paths: list[str | Path], training_paths: list[str | Path], classes: list[str],
+                 summary_csv: str | Path, summary_html: str | Path, per_class_csv: str | Path,
+                 per_class_html: str | Path) -> pd.DataFrame:
+    summary, per_class = summary_tables(metrics_paths, training_paths, classes)
+    summary = summary.sort_values("test_miou", ascending=False, na_position="last").reset_index(drop=True)
+    per_class = per_class.set_index("variant").loc[summary["variant"]].reset_index()
+    note = ("Test split, evaluated once with the checkpoint of the best validation mIoU, at each label mask's "
+            "own resolution. mIoU averages every class, background included; the best variant is highlighted.")
+    write_csv(summary, summary_csv)
+    write_csv(per_class, per_class_csv)
+    write_text(_highlighted_html(summary, 0, note), summary_html)
+    write_text(_highlighted_html(per_class, 0, "Per-class IoU on the test split. " + note), per_class_html)
+    return summary
+
+
+def training_curves(metrics_csvs: dict[str, str | Path], path: str | Path) -> None:
+    fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    for index, (variant, csv) in enumerate(sorted(metrics_csvs.items())):
+        history = pd.read_csv(csv)
+        colour = plt.cm.tab20(index % 20)
+        loss_ax.plot(history["epoch"], history["train_loss"], color=colour, label=f"{variant} train")
+        loss_ax.plot(history["epoch"], history["val_loss"], color=colour, linestyle="--", label=f"{variant} val")
+        miou_ax.plot(history["epoch"], history["val_miou"], color=colour, marker="o", markersize=3, label=variant)
+    loss_ax.set(title="Loss (solid: train, dashed: validation)", xlabel="epoch", ylabel="loss")
+    miou_ax.set(title="Validation mIoU", xlabel="epoch", ylabel="mIoU")
+    for ax in (loss_ax, miou_ax):
+        ax.grid(alpha=0.3)
+    miou_ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def per_class_iou_bars(per_class_csv: str | Path, path: str | Path) -> None:
+    table = pd.read_csv(per_class_csv).set_index("variant").drop(columns="mIoU")
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * table.shape[1] * max(1, len(table)) / 3), 4.5), layout="constrained")
+    table.T.plot.bar(ax=ax, rot=0, width=0.85, colormap="tab20")
+    ax.set(ylabel="test IoU", ylim=(0, 1), title="Per-class IoU on the test split")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def confusion_heatmaps(confusion_csvs: dict[str, str | Path], path: str | Path) -> None:
+    """Row-normalised confusion matrices: each row shows where a true class's pixels went."""
+    count = len(confusion_csvs)
+    cols = min(3, count)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), layout="constrained", squeeze=False)
+    for ax, (variant, csv) in zip(axes.flat, sorted(confusion_csvs.items())):
+        table = pd.read_csv(csv).set_index("truth")
+        values = table.to_numpy(dtype=float)
+        normalised = values / np.maximum(values.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(normalised, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(table.columns)), table.columns, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(table.index)), table.index, fontsize=7)
+        ax.set(xlabel="predicted", ylabel="truth", title=variant)
+        ax.title.set_fontsize(8)
+        for (i, j), value in np.ndenumerate(normalised):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                    color="black" if value > 0.5 else "white")
+    for ax in list(axes.flat)[count:]:
+        ax.axis("off")
+    fig.colorbar(image, ax=axes, shrink=0.6, label="share of the true class's pixels")
+    _save(fig, path)
+
+
+def sample_test_images(manifest_path: str | Path, count: int, seed: int) -> list[int]:
+    """A fixed, seeded choice of test images: the same for every variant."""
+    test = pd.read_csv(manifest_path).query("split == 'test'")["image_id"].to_numpy()
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(test, size=min(count, len(test)), replace=False).tolist())
+
+
+def _colourise(mask: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    return colours[mask]
+
+
+def prediction_figure(image_ids: list[int], manifest_path: str | Path, run_dir: str | Path,
+                      predictions_dir: str | Path, classes: list[str], title: str, path: str | Path,
+                      scores: dict[int, float] | None = None) -> None:
+    """Rows of image | ground truth | prediction, with a colour legend of the class names."""
+    manifest = pd.read_csv(manifest_path).set_index("image_id")
+    colours = np.array(palette(len(classes)), dtype=np.uint8).reshape(256, 3)
+    fig, axes = plt.subplots(len(image_ids), 3, figsize=(9, 2.8 * len(image_ids)), layout="constrained",
+                             squeeze=False)
+    for row, image_id in zip(axes, image_ids):
+        entry = manifest.loc[image_id]
+        truth = read_mask(Path(run_dir) / entry["mask_path"])
+        predicted = read_mask(Path(predictions_dir) / f"{image_id}.png")
+        panels = [read_rgb(entry["image_path"]), _colourise(truth, colours), _colourise(predicted, colours)]
+        score = f" (image mIoU {scores[image_id]:.2f})" if scores and image_id in scores else ""
+        for ax, panel, label in zip(row, panels, (f"image {image_id}", "ground truth", f"prediction{score}")):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_title(label, fontsize=8)
+            ax.axis("off")
+    legend = [Patch(color=colours[i] / 255, label=name) for i, name in enumerate(("background", *classes))]
+    legend.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
+    fig.legend(handles=legend, loc="outside upper center", ncol=min(7, len(legend)), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def variant_figures(variant: str, manifest_path: str | Path, run_dir: str | Path, evaluation_dir: str | Path,
+                    classes: list[str], count: int, worst: int, seed: int, sample_path: str | Path,
+                    worst_path: str | Path) -> None:
+    evaluation_dir = Path(evaluation_dir)
+    scores = pd.read_csv(evaluation_dir / "per_image.csv").set_index("image_id")["miou"].to_dict()
+    predictions = evaluation_dir / "predictions"
+    prediction_figure(sample_test_images(manifest_path, count, seed), manifest_path, run_dir, predictions,
+                      classes, f"{variant}: fixed sample of test images", sample_path, scores)
+    worst_ids = sorted(scores, key=lambda i: (np.nan_to_num(scores[i], nan=np.inf), i))[:worst]
+    prediction_figure(worst_ids, manifest_path, run_dir, predictions, classes,
+                      f"{variant}: worst test images by image mIoU", worst_path, scores)

@@ -1,0 +1,94 @@
+# Tables and figures across variants, each marked for `snakemake --report`.
+
+
+rule tables:
+    input:
+        metrics=expand(rules.evaluate.output.metrics, variant=VARIANTS),
+        training=expand(rules.train.output.summary, variant=VARIANTS),
+    output:
+        summary=f"{RUN}/tables/summary.csv",
+        summary_html=report(f"{RUN}/tables/summary.html", category="Evaluation",
+                            caption="../../report/summary.rst"),
+        per_class=f"{RUN}/tables/per_class_iou.csv",
+        per_class_html=report(f"{RUN}/tables/per_class_iou.html", category="Evaluation",
+                              caption="../../report/per_class_iou.rst"),
+    params:
+        classes=CLASSES,
+    log:
+        f"{RUN}/logs/tables.log",
+    conda:
+        "../../envs/train.yaml"
+    message:
+        "Result tables of {} variants".format(len(VARIANTS))
+    script:
+        "../scripts/tables.py"
+
+
+rule curves:
+    input:
+        expand(rules.train.output.metrics, variant=VARIANTS),
+    output:
+        report(f"{RUN}/figures/training_curves.png", category="Training", caption="../../report/training_curves.rst"),
+    params:
+        variants=VARIANTS,
+    log:
+        f"{RUN}/logs/curves.log",
+    conda:
+        "../../envs/train.yaml"
+    message:
+        "Training curves"
+    script:
+        "../scripts/curves.py"
+
+
+rule evaluation_figures:
+    input:
+        per_class=rules.tables.output.per_class,
+        confusion=expand(rules.evaluate.output.confusion, variant=VARIANTS),
+    output:
+        per_class=report(f"{RUN}/figures/per_class_iou.png", category="Evaluation",
+                         caption="../../report/per_class_iou_figure.rst"),
+        confusion=report(f"{RUN}/figures/confusion.png", category="Evaluation",
+                         caption="../../report/confusion.rst"),
+    params:
+        variants=VARIANTS,
+    log:
+        f"{RUN}/logs/evaluation_figures.log",
+    conda:
+        "../../envs/train.yaml"
+    message:
+        "Per-class IoU and confusion figures"
+    script:
+        "../scripts/evaluation_figures.py"
+
+
+rule prediction_figures:
+    input:
+        evaluation=rules.evaluate.output.per_image,
+        manifest=rules.split.output.manifest,
+    output:
+        sample=report(f"{RUN}/figures/predictions/{{variant}}.png", category="Predictions",
+                      subcategory="{variant}", caption="../../report/predictions.rst"),
+        worst=report(f"{RUN}/figures/worst/{{variant}}.png", category="Predictions",
+                     subcategory="{variant}", caption="../../report/worst.rst"),
+    params:
+        classes=CLASSES,
+        sample_size=lookup(dpath="evaluate/prediction_images", within=config),
+        worst=lookup(dpath="evaluate/worst_images", within=config),
+        seed=lookup(dpath="evaluate/seed", within=config),
+    log:
+        f"{RUN}/logs/prediction_figures_{{variant}}.log",
+    conda:
+        "../../envs/train.yaml"
+    message:
+        "Prediction figures of {wildcards.variant}"
+    script:
+        "../scripts/prediction_figures.py"
+
+
+rule results:
+    input:
+        rules.tables.output,
+        rules.curves.output,
+        rules.evaluation_figures.output,
+        expand(rules.prediction_figures.output, variant=VARIANTS),
