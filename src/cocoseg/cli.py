@@ -77,6 +77,32 @@ def cmd_stats(args: argparse.Namespace) -> None:
                 out / "figures/class_pixels.png")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from cocoseg.config import load_config
+    from cocoseg.train import train
+    from cocoseg.variants import settings_for
+
+    config = load_config(args.configfile)
+    manifest = Path(args.manifest or f"results/{config['run']}/data/manifest.csv")
+    out_dir = Path(args.out_dir or manifest.parents[1] / "models" / args.variant)
+    train(manifest, manifest.parents[1], out_dir, config["dataset"]["classes"], settings_for(config, args.variant),
+          args.variant, config["run"], args.threads)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from cocoseg.evaluate import evaluate
+
+    manifest = Path(args.manifest)
+    evaluate(args.checkpoint, manifest, manifest.parents[1], args.out_dir, args.num_workers, args.batch_size,
+             args.threads, args.device)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cocoseg.predict import predict
+
+    predict(args.checkpoint, args.images, args.out_dir, args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cocoseg", description=__doc__)
     parser.add_argument("--log", help="also write the log to this file")
@@ -146,6 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--manifest", required=True)
     sub.add_argument("--classes", nargs="+", required=True)
     sub.add_argument("--out-dir", required=True, help="writes tables/ and figures/ below it")
+
+    sub = step("train", cmd_train, "train one variant of a config (resumes from its last checkpoint)")
+    sub.add_argument("--configfile", required=True)
+    sub.add_argument("--variant", required=True, help="backbone-loss-sampling, e.g. resnet50-focal_tversky-uniform")
+    sub.add_argument("--manifest", help="default: results/<run>/data/manifest.csv")
+    sub.add_argument("--out-dir", help="default: results/<run>/models/<variant>")
+    sub.add_argument("--threads", type=int)
+
+    sub = step("evaluate", cmd_evaluate, "evaluate a checkpoint on the validation and test splits")
+    sub.add_argument("--checkpoint", required=True)
+    sub.add_argument("--manifest", required=True, help="results/<run>/data/manifest.csv")
+    sub.add_argument("--out-dir", required=True)
+    sub.add_argument("--batch-size", type=int, default=8)
+    sub.add_argument("--num-workers", type=int, default=0)
+    sub.add_argument("--threads", type=int)
+    sub.add_argument("--device", default="auto")
+
+    sub = step("predict", cmd_predict, "write label masks and overlays for new images")
+    sub.add_argument("--checkpoint", required=True)
+    sub.add_argument("--out-dir", required=True)
+    sub.add_argument("--device", default="auto")
+    sub.add_argument("images", nargs="+")
     return parser
 
 

@@ -51,12 +51,12 @@ def eval_transform(image_size: int) -> A.Compose:
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image as HxWx3 uint8 RGB (grayscale and CMYK JPEGs converted)."""
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     with Image.open(path) as image:
-        return np.asarray(image)
+        return np.array(image)
 
 
 class SegmentationDataset(Dataset):

@@ -157,7 +157,7 @@ def prediction_figure(image_ids: list[int], manifest_path: str | Path, run_dir: 
             ax.axis("off")
     legend = [Patch(color=colours[i] / 255, label=name) for i, name in enumerate(("background", *classes))]
     legend.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
-    fig.legend(handles=legend, loc="outside upper center", ncol=min(7, len(legend)), fontsize=8)
+    fig.legend(handles=legend, loc="outside lower center", ncol=min(7, len(legend)), fontsize=8)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
 

@@ -1,0 +1,111 @@
+"""Training: exact resume, SIGTERM, NaN losses; evaluation and prediction from its checkpoint."""
+
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cocoseg.data.masks import build_masks
+from cocoseg.data.select import select_images
+from cocoseg.data.split import split_manifest
+from cocoseg.evaluate import evaluate
+from cocoseg.predict import predict
+from cocoseg.train import TIMING_COLUMNS, TrainingInterrupted, TrainSettings, load_checkpoint, train
+from conftest import CLASSES
+
+
+@pytest.fixture(scope="module")
+def run_dir(synthetic, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    data = run / "data"
+    select_images(synthetic.annotations, synthetic.images_dir, CLASSES, data, max_images=30, seed=0)
+    build_masks(data / "instances.json", data / "masks", data / "counts.csv")
+    split_manifest(data / "selected.csv", [data / "counts.csv"], CLASSES, data / "manifest.csv", data / "splits.csv",
+                   {"train": 0.6, "val": 0.2, "test": 0.2}, images_dir=synthetic.images_dir)
+    return run
+
+
+def settings(**changes):
+    base = dict(backbone="mobilenet_v3_large", loss="focal_tversky", sampling="oversample", image_size=48, epochs=2,
+                batch_size=4, lr=1e-3, rotate=10, vflip=0.5, bn_momentum=0.1, num_workers=0, wandb_mode="disabled",
+                eval_batch_size=4)
+    return TrainSettings(**{**base, **changes})
+
+
+def run_training(run_dir, out, **kwargs):
+    return train(run_dir / "data" / "manifest.csv", run_dir, out, CLASSES, kwargs.pop("settings", settings()),
+                 variant="v", threads=2, **kwargs)
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_path):
+    run_training(run_dir, tmp_path / "straight")
+
+    def pre_empt(epoch):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run_training(run_dir, tmp_path / "resumed", on_epoch_end=pre_empt)
+    assert stopped.value.code == 143
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "resumed" / "best.pt").exists()
+    assert signal.getsignal(signal.SIGTERM) is not None  # our handler was removed again
+    run_training(run_dir, tmp_path / "resumed")
+
+    straight, resumed = weights(tmp_path / "straight" / "best.pt"), weights(tmp_path / "resumed" / "best.pt")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+    a = pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    b = pd.read_csv(tmp_path / "resumed" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a["epoch"]) == [1, 2]
+
+
+def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):
+    summary = run_training(run_dir, tmp_path, settings=settings(epochs=1, loss="weighted_cross_entropy"))
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "best", "history"} <= set(last)
+    assert summary["best_epoch"] == 1 and summary["device"] == "cpu"
+    weights_table = pd.read_csv(tmp_path / "class_weights.csv")
+    assert list(weights_table["class"]) == ["background", *CLASSES]
+    assert weights_table["weight"].iloc[0] < weights_table["weight"].iloc[1:].min()  # background is the most frequent
+
+
+def test_nan_loss_stops_with_epoch_and_step(run_dir, tmp_path, monkeypatch):
+    class NanOnSecondStep(torch.nn.Module):
+        calls = 0
+
+        def forward(self, logits, target):
+            type(self).calls += 1
+            return logits.mean() * (float("nan") if self.calls == 2 else 1.0)
+
+    monkeypatch.setattr("cocoseg.train.build_loss", lambda *args, **kwargs: NanOnSecondStep())
+    with pytest.raises(FloatingPointError, match=r"v: loss is nan at epoch 1, step 2; lower train.lr"):
+        run_training(run_dir, tmp_path, settings=settings(epochs=1))
+
+
+def test_evaluate_and_predict_from_the_checkpoint(run_dir, tmp_path, synthetic):
+    run_training(run_dir, tmp_path / "model", settings=settings(epochs=1))
+    report = evaluate(tmp_path / "model" / "best.pt", run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval")
+    manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
+    test_ids = manifest.loc[manifest["split"] == "test", "image_id"]
+    assert report["test"]["images"] == len(test_ids)
+    confusion = pd.read_csv(tmp_path / "eval" / "confusion.csv").set_index("truth").to_numpy()
+    assert confusion.sum() == manifest.loc[manifest["split"] == "test", [f"pixels_{c}" for c in
+                                                                          ("background", *CLASSES)]].to_numpy().sum()
+    assert sorted(int(p.stem) for p in (tmp_path / "eval" / "predictions").iterdir()) == sorted(test_ids)
+    first = manifest.loc[manifest["split"] == "test"].iloc[0]
+    written = predict(tmp_path / "model" / "best.pt", [first["image_path"]], tmp_path / "predict")
+    from PIL import Image
+
+    with Image.open(written[0]) as mask:
+        assert mask.size == (first["width"], first["height"])
+        assert set(np.unique(np.array(mask))) <= set(range(len(CLASSES) + 1))
+    assert (tmp_path / "predict" / f"{written[0].stem}_overlay.jpg").exists()
