@@ -9,6 +9,7 @@ saves ``last.pt`` at the next step and exits with status 143, so a retry resumes
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -66,6 +67,7 @@ class TrainSettings:
     aux_loss: bool = False
     aux_weight: float = 0.4
     bn_momentum: float | None = None
+    bn_recalibration: int = 0
     class_weights: str = "inverse_sqrt"
     repeat_threshold: float = 0.3
     focal_tversky: dict[str, float] = field(default_factory=lambda: {"alpha": 0.3, "beta": 0.7, "gamma": 0.75})
@@ -157,6 +159,26 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int,
     result["confusion"] = confusion.numpy()
     result["loss"] = float(loss_sum) / max(count, 1)
     return result
+
+
+def recalibrate_batch_norm(model: torch.nn.Module, loader: DataLoader, batches: int, device: torch.device) -> None:
+    """Recompute batch-norm running statistics as plain averages over ``batches`` training batches.
+
+    In a short run from scratch the weights move faster than the running averages follow, and a
+    model that segments well with batch statistics predicts only background in eval mode. This is
+    "precise BN" (Wu & Johnson 2021): statistics measured for the weights that will be evaluated.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for batch in itertools.islice(loader, batches):
+            model(_prepare_batch(batch, device)[0])
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 def _eval_loader(rows: pd.DataFrame, run_dir: Path, settings: TrainSettings) -> DataLoader:
@@ -298,6 +320,8 @@ def train(
                 loss_sum += loss.detach()
                 seen += len(images)
             start_step = 0
+            if settings.bn_recalibration:
+                recalibrate_batch_norm(model, loader, settings.bn_recalibration, device)
             train_seconds = time.perf_counter() - started
             val = evaluate_model(model, val_loader, num_classes, device, loss_fn)
             elapsed += time.perf_counter() - started
