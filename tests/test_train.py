@@ -109,3 +109,15 @@ def test_evaluate_and_predict_from_the_checkpoint(run_dir, tmp_path, synthetic):
         assert mask.size == (first["width"], first["height"])
         assert set(np.unique(np.array(mask))) <= set(range(len(CLASSES) + 1))
     assert (tmp_path / "predict" / f"{written[0].stem}_overlay.jpg").exists()
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(run_dir, tmp_path):
+    run_training(run_dir, tmp_path, settings=settings(epochs=1, lr=1e-3))
+    run_training(run_dir, tmp_path, settings=settings(epochs=1, lr=5e-4))
+    history = pd.read_csv(tmp_path / "metrics.csv")
+    assert history["epoch"].tolist() == [1]
+    assert history["lr"].tolist() == [5e-4]  # trained again, not the finished run of lr 1e-3 resumed
+    before = weights(tmp_path / "best.pt")
+    run_training(run_dir, tmp_path, settings=settings(epochs=1, lr=5e-4, num_workers=1))
+    after = weights(tmp_path / "best.pt")  # only how it runs changed: the finished run is taken as it is
+    assert all(torch.equal(before[name], after[name]) for name in before)

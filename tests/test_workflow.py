@@ -27,6 +27,7 @@ def test_dry_run_plans_the_study_without_network(tmp_path):
     jobs = dict(line.split() for line in out.splitlines() if line.split()[:1] and line.split()[-1].isdigit()
                 and len(line.split()) == 2)
     assert jobs["download"] == "2" and jobs["masks"] == "8" and jobs["stats"] == "1"
+    assert jobs["train"] == jobs["evaluate"] == jobs["prediction_figures"] == "12"
     assert "synth" not in jobs
     assert "http://images.cocodataset.org/zips/val2014.zip" in out
 

@@ -9,6 +9,7 @@ saves ``last.pt`` at the next step and exits with status 143, so a retry resumes
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -39,6 +40,8 @@ from cocoseg.sampling import RepeatFactorSampler, repeat_factors
 log = logging.getLogger(__name__)
 
 TIMING_COLUMNS = ("seconds", "images_per_s")
+# Settings that change how a run is executed, not what it computes: a checkpoint resumes across them.
+EXECUTION_SETTINGS = ("num_workers", "eval_batch_size", "device", "wandb_mode", "wandb_project")
 
 
 class TrainingInterrupted(SystemExit):
@@ -111,6 +114,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_fingerprint(settings: TrainSettings, manifest_path: str | Path, classes: list[str]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the settings that shape the result, and the data."""
+    computed = {k: v for k, v in dataclasses.asdict(settings).items() if k not in EXECUTION_SETTINGS}
+    digest = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
+    return {"settings": computed, "manifest_sha256": digest, "classes": list(classes)}
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
@@ -264,8 +274,12 @@ def train(
     # Snakemake deletes a failed job's declared outputs: the checkpoints live apart, and best.pt is
     # copied out only when training is complete.
     last_path, best_path = out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt"
-    if last_path.exists():
-        state = load_checkpoint(last_path, device)
+    fingerprint = run_fingerprint(settings, manifest_path, classes)
+    state = load_checkpoint(last_path, device) if last_path.exists() else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        log.warning("%s was made with other settings or data: starting afresh", last_path)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -281,7 +295,7 @@ def train(
     def checkpoint(epoch: int, step: int) -> None:
         save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch, step=step,
-                        best=best, history=history, elapsed=elapsed, rng=_rng_state(),
+                        best=best, history=history, elapsed=elapsed, rng=_rng_state(), fingerprint=fingerprint,
                         settings=dataclasses.asdict(settings), classes=classes, variant=variant)
 
     wandb_run = _start_wandb(settings, run_name, variant, out_dir)
