@@ -7,7 +7,7 @@ CORES ?= 2
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
-.PHONY: demo test lint clean-demo
+.PHONY: demo test test-slurm lint clean-demo
 
 $(BIN)/activate: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(BIN)/activate
 # pytest exits 5 when it collected no test: that is a failure, said plainly.
 test: $(BIN)/activate
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc; }
+
+# A real single-node Slurm on this machine (root; installs Debian's Slurm 22.05 and munge if missing).
+test-slurm: $(BIN)/activate
+	command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq slurmctld slurmd slurm-client munge; }
+	$(BIN)/python -m pytest -m slurm tests/test_slurm.py $(PYTEST_ARGS)
 
 lint: $(BIN)/activate
 	$(BIN)/snakemake --lint --configfile config/demo.yaml

@@ -25,4 +25,5 @@ rule all:
     input:
         rules.data.input,
         rules.results.input,
+        rules.provenance.output,
     default_target: True

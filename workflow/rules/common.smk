@@ -70,3 +70,7 @@ def train_settings(wildcards):
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
+
+from cocoseg.provenance import git_commit
+
+GIT_COMMIT = git_commit(workflow.basedir)

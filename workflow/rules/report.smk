@@ -92,3 +92,21 @@ rule results:
         rules.curves.output,
         rules.evaluation_figures.output,
         expand(rules.prediction_figures.output, variant=VARIANTS),
+
+
+rule provenance:
+    output:
+        config=f"{RUN}/provenance/config.yaml",
+        table=report(f"{RUN}/provenance/provenance.html", category="Provenance",
+                     caption="../../report/provenance.rst"),
+    params:
+        config=config,
+        commit=GIT_COMMIT,
+    log:
+        f"{RUN}/logs/provenance.log",
+    conda:
+        "../../envs/train.yaml"
+    message:
+        "Recording the config, code version, packages and machine"
+    script:
+        "../scripts/provenance.py"
