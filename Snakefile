@@ -1,4 +1,4 @@
-# cocoseg: COCO subset -> masks -> split -> histograms (-> models -> evaluation -> report).
+# cocoseg: COCO subset -> masks -> split -> histograms -> models -> evaluation -> report.
 # snakemake --cores 8 --use-conda                         # the study (config/config.yaml)
 # snakemake --cores 2 --configfile config/demo.yaml       # synthetic data, CPU minutes
 from snakemake.utils import min_version

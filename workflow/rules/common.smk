@@ -1,4 +1,5 @@
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -8,6 +9,8 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cocoseg.config import ConfigError, validate_config
+from cocoseg.provenance import git_commit
+from cocoseg.variants import expand_variants, settings_for
 
 try:
     config.update(validate_config(config, workflow.source_path("../../config/schema.yaml")))
@@ -56,21 +59,15 @@ def extracted_listing():
 
 MASK_SHARDS = list(range(config["masks"]["shards"]))
 
-from cocoseg.variants import expand_variants, settings_for
-
 VARIANTS = expand_variants(config)
 
 
 def train_settings(wildcards):
     """The variant's training settings, as a plain dict (Snakemake tracks params for reruns)."""
-    from dataclasses import asdict
-
     return asdict(settings_for(config, wildcards.variant))
 
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
-
-from cocoseg.provenance import git_commit
 
 GIT_COMMIT = git_commit(workflow.basedir)
