@@ -37,7 +37,8 @@ def _skip_reason() -> str | None:
         return "starting slurmctld, slurmd and munged needs root"
     missing = [p for p in PROGRAMS if shutil.which(p) is None]
     if missing:
-        return f"not installed: {', '.join(missing)} (make test-slurm installs Debian's slurmctld slurmd slurm-client munge)"
+        return (f"not installed: {', '.join(missing)} "
+                "(make test-slurm installs Debian's slurmctld slurmd slurm-client munge)")
     return None
 
 

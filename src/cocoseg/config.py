@@ -1,4 +1,5 @@
-"""The study's configuration: schema validation with messages that name the key, plus the checks a schema cannot express."""
+"""The study's configuration: schema validation with messages that name the key, and the checks
+a schema cannot express."""
 
 from __future__ import annotations
 

@@ -229,6 +229,61 @@ def _start_wandb(settings: TrainSettings, run_name: str, variant: str, out_dir: 
                       config=dataclasses.asdict(settings), reinit="finish_previous")
 
 
+def _epoch_loader(train_set: SegmentationDataset, sampler: RepeatFactorSampler, settings: TrainSettings, epoch: int,
+                  start_step: int, device: torch.device) -> DataLoader:
+    """The epoch's seeded order and augmentation streams, from ``start_step`` on (a resumed epoch)."""
+    sampler.set_epoch(epoch)
+    train_set.transform.set_random_seed(settings.seed * 1000 + epoch)
+    indices = sampler.epoch_indices()[start_step * settings.batch_size :]
+    return DataLoader(train_set, batch_size=settings.batch_size, sampler=indices, drop_last=True,
+                      num_workers=settings.num_workers, worker_init_fn=seed_worker,
+                      generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch),
+                      pin_memory=device.type == "cuda")
+
+
+def _train_step(model: torch.nn.Module, batch: dict[str, Any], loss_fn: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, settings: TrainSettings, device: torch.device,
+                where: str) -> torch.Tensor:
+    """One optimizer step; returns the detached loss. ``where`` names the step in a non-finite-loss error."""
+    images, masks = _prepare_batch(batch, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits, aux = forward_logits(model, images)
+        loss = loss_fn(logits, masks)
+        if aux is not None:
+            loss = loss + settings.aux_weight * loss_fn(aux, masks)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{where.format(loss.item())}; lower train.lr (now {settings.lr}) "
+                                 f"or check the data of this batch: {batch['image_id']}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _epoch_row(epoch: int, lr: float, train_loss: float, val: dict[str, Any], classes: list[str], seen: int,
+               seconds: float) -> dict[str, Any]:
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "val_loss": val["loss"], "val_miou": val["miou"],
+            "val_pixel_accuracy": val["pixel_accuracy"],
+            **{f"val_iou_{name}": v for name, v in zip(("background", *classes), val["iou"])},
+            "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+
+
+def _finish(out_dir: Path, history: list[dict[str, Any]], best: dict[str, Any], settings: TrainSettings,
+            elapsed: float, device: torch.device, variant: str, best_path: Path) -> dict[str, Any]:
+    """training.json, the final metrics.csv, and best.pt copied out of checkpoints/."""
+    frame = pd.DataFrame(history)
+    summary = {"variant": variant, "best_epoch": best["epoch"], "best_val_miou": best["miou"],
+               "epochs": settings.epochs, "train_seconds": float(frame["seconds"].sum()),
+               "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
+               "wall_seconds": elapsed, "device": str(device), "settings": dataclasses.asdict(settings)}
+    with atomic_path(out_dir / "training.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    write_csv(frame, out_dir / "metrics.csv")
+    with atomic_path(out_dir / "best.pt") as tmp:
+        shutil.copyfile(best_path, tmp)
+    return summary
+
+
 def train(
     manifest_path: str | Path,
     run_dir: str | Path,
@@ -301,13 +356,7 @@ def train(
     wandb_run = _start_wandb(settings, run_name, variant, out_dir)
     try:
         for epoch in range(start_epoch, settings.epochs):
-            sampler.set_epoch(epoch)
-            transform.set_random_seed(settings.seed * 1000 + epoch)
-            indices = sampler.epoch_indices()[start_step * settings.batch_size :]
-            loader = DataLoader(train_set, batch_size=settings.batch_size, sampler=indices, drop_last=True,
-                                num_workers=settings.num_workers, worker_init_fn=seed_worker,
-                                generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch),
-                                pin_memory=device.type == "cuda")
+            loader = _epoch_loader(train_set, sampler, settings, epoch, start_step, device)
             model.train()
             started = time.perf_counter()
             loss_sum, seen = torch.zeros((), device=device), 0
@@ -318,32 +367,17 @@ def train(
                     checkpoint(epoch, step)
                     log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", last_path, epoch + 1, step)
                     raise TrainingInterrupted()
-                images, masks = _prepare_batch(batch, device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits, aux = forward_logits(model, images)
-                    loss = loss_fn(logits, masks)
-                    if aux is not None:
-                        loss = loss + settings.aux_weight * loss_fn(aux, masks)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"{variant}: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                        f"lower train.lr (now {settings.lr}) or check the data of this batch: {batch['image_id']}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach()
-                seen += len(images)
+                loss_sum += _train_step(model, batch, loss_fn, optimizer, settings, device,
+                                        f"{variant}: loss is {{}} at epoch {epoch + 1}, step {step + 1}")
+                seen += len(batch["image"])
             start_step = 0
             if settings.bn_recalibration:
                 recalibrate_batch_norm(model, loader, settings.bn_recalibration, device)
             train_seconds = time.perf_counter() - started
             val = evaluate_model(model, val_loader, num_classes, device, loss_fn)
             elapsed += time.perf_counter() - started
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                   "train_loss": float(loss_sum) / max(1, seen // settings.batch_size),
-                   "val_loss": val["loss"], "val_miou": val["miou"], "val_pixel_accuracy": val["pixel_accuracy"],
-                   **{f"val_iou_{name}": v for name, v in zip(("background", *classes), val["iou"])},
-                   "images": seen, "seconds": train_seconds, "images_per_s": seen / max(train_seconds, 1e-9)}
+            train_loss = float(loss_sum) / max(1, seen // settings.batch_size)
+            row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], train_loss, val, classes, seen, train_seconds)
             history.append(row)
             scheduler.step()
             if val["miou"] > best["miou"]:
@@ -364,14 +398,4 @@ def train(
         if wandb_run is not None:
             wandb_run.finish()
 
-    frame = pd.DataFrame(history)
-    summary = {"variant": variant, "best_epoch": best["epoch"], "best_val_miou": best["miou"],
-               "epochs": settings.epochs, "train_seconds": float(frame["seconds"].sum()),
-               "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
-               "wall_seconds": elapsed, "device": str(device), "settings": dataclasses.asdict(settings)}
-    with atomic_path(out_dir / "training.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    write_csv(frame, out_dir / "metrics.csv")
-    with atomic_path(out_dir / "best.pt") as tmp:
-        shutil.copyfile(best_path, tmp)
-    return summary
+    return _finish(out_dir, history, best, settings, elapsed, device, variant, best_path)

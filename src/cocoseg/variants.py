@@ -33,8 +33,9 @@ def settings_for(config: dict[str, Any], variant: str) -> TrainSettings:
         weight_decay=train["weight_decay"], scheduler=train["scheduler"], warmup_epochs=train["warmup_epochs"],
         hflip=train["augment"]["hflip"], vflip=train["augment"]["vflip"], rotate=train["augment"]["rotate"],
         weights_backbone=model["weights_backbone"], aux_loss=model["aux_loss"], aux_weight=model["aux_weight"],
-        bn_momentum=model["bn_momentum"], bn_recalibration=model["bn_recalibration"], class_weights=config["loss"]["class_weights"],
-        repeat_threshold=config["sampling"]["repeat_threshold"], focal_tversky=dict(config["loss"]["focal_tversky"]),
+        bn_momentum=model["bn_momentum"], bn_recalibration=model["bn_recalibration"],
+        class_weights=config["loss"]["class_weights"], repeat_threshold=config["sampling"]["repeat_threshold"],
+        focal_tversky=dict(config["loss"]["focal_tversky"]),
         eval_batch_size=config["evaluate"]["batch_size"], num_workers=train["num_workers"], seed=train["seed"],
         device=train["device"], wandb_mode=config["wandb"]["mode"], wandb_project=config["wandb"]["project"],
     )
