@@ -17,7 +17,6 @@ import platform
 import tempfile
 import time
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,22 +28,14 @@ from skimage import io as skio  # noqa: E402
 
 from cocoseg.data.masks import build_masks  # noqa: E402
 from cocoseg.data.select import select_images  # noqa: E402
-from cocoseg.data.synth import ANNOTATIONS_MEMBER, generate  # noqa: E402
+from cocoseg.data.synth import generate, unpack  # noqa: E402
 
 CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
 
 
 def prepare(root: Path, num_images: int) -> tuple[Path, Path]:
     generate(root / "images.zip", root / "annotations.zip", num_images=num_images, seed=0, sizes=[(640, 480)])
-    images = root / "images"
-    with zipfile.ZipFile(root / "images.zip") as z:
-        for info in z.infolist():
-            (images / Path(info.filename).name).parent.mkdir(parents=True, exist_ok=True)
-            (images / Path(info.filename).name).write_bytes(z.read(info))
-    annotations = root / "instances.json"
-    with zipfile.ZipFile(root / "annotations.zip") as z:
-        annotations.write_bytes(z.read(ANNOTATIONS_MEMBER))
-    return images, annotations
+    return unpack(root / "images.zip", root / "annotations.zip", root)
 
 
 def seed_way(annotations: Path, images: Path, image_ids: list[int], out: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import runpy
 import warnings
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +15,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
 
-from cocoseg.data.synth import ANNOTATIONS_MEMBER, generate  # noqa: E402
+from cocoseg.data.synth import generate, unpack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
@@ -28,14 +27,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("synthetic")
     images_zip, annotations_zip = root / "images.zip", root / "annotations.zip"
     generate(images_zip, annotations_zip, num_images=120, seed=7)
-    images_dir = root / "images"
-    with zipfile.ZipFile(images_zip) as archive:
-        for info in archive.infolist():
-            (images_dir / Path(info.filename).name).parent.mkdir(parents=True, exist_ok=True)
-            (images_dir / Path(info.filename).name).write_bytes(archive.read(info))
-    annotations = root / "instances.json"
-    with zipfile.ZipFile(annotations_zip) as archive:
-        annotations.write_bytes(archive.read(ANNOTATIONS_MEMBER))
+    images_dir, annotations = unpack(images_zip, annotations_zip, root)
     return SimpleNamespace(root=root, images_zip=images_zip, annotations_zip=annotations_zip,
                            images_dir=images_dir, annotations=annotations)
 

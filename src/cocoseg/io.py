@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -38,6 +39,15 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
 def write_text(text: str, path: str | os.PathLike[str]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> None:
+    """A matplotlib figure as PNG, written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
 
 
 def write_html_table(frame: pd.DataFrame, path: str | os.PathLike[str], caption: str = "") -> None:

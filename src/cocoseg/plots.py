@@ -16,14 +16,8 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from cocoseg.data.masks import palette  # noqa: E402
 from cocoseg.datasets import read_mask, read_rgb  # noqa: E402
-from cocoseg.io import atomic_path, write_csv, write_text  # noqa: E402
+from cocoseg.io import save_figure, write_csv, write_text  # noqa: E402
 from cocoseg.variants import parse_variant  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def _read_json(path: str | Path) -> dict:
@@ -89,7 +83,7 @@ def training_curves(metrics_csvs: dict[str, str | Path], path: str | Path) -> No
     for ax in (loss_ax, miou_ax):
         ax.grid(alpha=0.3)
     miou_ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def per_class_iou_bars(per_class_csv: str | Path, path: str | Path) -> None:
@@ -99,7 +93,7 @@ def per_class_iou_bars(per_class_csv: str | Path, path: str | Path) -> None:
     ax.set(ylabel="test IoU", ylim=(0, 1), title="Per-class IoU on the test split")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def confusion_heatmaps(confusion_csvs: dict[str, str | Path], path: str | Path) -> None:
@@ -123,7 +117,7 @@ def confusion_heatmaps(confusion_csvs: dict[str, str | Path], path: str | Path) 
     for ax in list(axes.flat)[count:]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, shrink=0.6, label="share of the true class's pixels")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def sample_test_images(manifest_path: str | Path, count: int, seed: int) -> list[int]:
@@ -159,7 +153,7 @@ def prediction_figure(image_ids: list[int], manifest_path: str | Path, run_dir: 
     legend.append(Patch(facecolor="white", edgecolor="black", label="ignore"))
     fig.legend(handles=legend, loc="outside lower center", ncol=min(7, len(legend)), fontsize=8)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def variant_figures(variant: str, manifest_path: str | Path, run_dir: str | Path, evaluation_dir: str | Path,

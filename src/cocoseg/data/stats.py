@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cocoseg.data.split import SPLITS  # noqa: E402
-from cocoseg.io import atomic_path, write_csv, write_html_table  # noqa: E402
+from cocoseg.io import save_figure, write_csv, write_html_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ def _grouped_bars(table: pd.DataFrame, value: str, ylabel: str, title: str, path
     ax.grid(axis="y", alpha=0.3)
     for container in ax.containers:
         ax.bar_label(container, fmt="%.2f" if value.endswith("share") else "%d", fontsize=7, padding=1)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def write_stats(

@@ -197,6 +197,18 @@ def _jpeg(pixels: np.ndarray, mode: str) -> bytes:
     return buffer.getvalue()
 
 
+def unpack(images_zip: str | Path, annotations_zip: str | Path, dest: str | Path) -> tuple[Path, Path]:
+    """Every image into ``dest/images`` and the instances JSON to ``dest/instances.json`` (tests, benchmarks)."""
+    from cocoseg.data.extract import extract_member
+
+    images_dir = Path(dest) / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(images_zip) as archive:
+        for info in archive.infolist():
+            (images_dir / Path(info.filename).name).write_bytes(archive.read(info))
+    return images_dir, extract_member(annotations_zip, ANNOTATIONS_MEMBER, Path(dest) / "instances.json")
+
+
 def generate(
     images_zip: str | Path,
     annotations_zip: str | Path,
