@@ -71,7 +71,7 @@ def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_pa
 def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):
     summary = run_training(run_dir, tmp_path, settings=settings(epochs=1, loss="weighted_cross_entropy"))
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "best", "history"} <= set(last)
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "best", "history"} <= set(last)
     assert summary["best_epoch"] == 1 and summary["device"] == "cpu"
     weights_table = pd.read_csv(tmp_path / "class_weights.csv")
     assert list(weights_table["class"]) == ["background", *CLASSES]

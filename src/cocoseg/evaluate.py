@@ -9,20 +9,71 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from cocoseg.data.masks import palette, save_mask
+from cocoseg.datasets import SegmentationDataset, collate_eval, eval_transform
 from cocoseg.io import atomic_path, write_csv
-from cocoseg.metrics import metrics_from_confusion
-from cocoseg.models import build_model
-from cocoseg.train import TrainSettings, _eval_loader, evaluate_model, load_checkpoint, select_device
+from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
+from cocoseg.models import build_model, forward_logits
+from cocoseg.train import TrainSettings, load_checkpoint, select_device
 
 log = logging.getLogger(__name__)
+
+
+def _prepare_batch(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, Any]:
+    images = batch["image"].to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    masks = batch["mask"]
+    if isinstance(masks, torch.Tensor):
+        masks = masks.to(device, non_blocking=True)
+    return images, masks
+
+
+def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
+                   loss_fn: torch.nn.Module | None = None,
+                   on_prediction: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
+    """Confusion matrix (and mean loss) at each mask's own resolution: logits are upsampled bilinearly."""
+    model.eval()
+    confusion = ConfusionMatrix(num_classes, device)
+    loss_sum = torch.zeros((), device=device)
+    count = 0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for batch in loader:
+            images, masks = _prepare_batch(batch, device)
+            logits, _ = forward_logits(model, images)
+            for i, mask in enumerate(masks):
+                mask = mask.to(device)
+                upsampled = F.interpolate(logits[i : i + 1].float(), size=mask.shape, mode="bilinear",
+                                          align_corners=False)
+                prediction = upsampled.argmax(1)[0]
+                confusion.update(prediction, mask)
+                if loss_fn is not None:
+                    loss_sum += loss_fn(upsampled, mask[None])
+                if on_prediction is not None:
+                    on_prediction(batch["image_id"][i], prediction, mask)
+                count += 1
+    result = metrics_from_confusion(confusion.numpy())
+    result["confusion"] = confusion.numpy()
+    result["loss"] = float(loss_sum) / max(count, 1)
+    return result
+
+
+def eval_loader(rows: pd.DataFrame, run_dir: Path, settings: TrainSettings) -> DataLoader:
+    dataset = SegmentationDataset(rows, run_dir, eval_transform(settings.image_size))
+    return DataLoader(dataset, batch_size=settings.eval_batch_size, shuffle=False, drop_last=False,
+                      num_workers=settings.num_workers, collate_fn=collate_eval,
+                      persistent_workers=settings.num_workers > 0)
+
 
 
 def load_model(checkpoint_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -92,7 +143,7 @@ def evaluate(
                               "val_miou_at_selection": state["val_miou"], "resolution": "label mask (original)"}
     for split in ("val", "test"):
         rows = manifest[manifest["split"] == split].reset_index(drop=True)
-        result = evaluate_model(model, _eval_loader(rows, Path(run_dir), settings), len(classes) + 1, device,
+        result = evaluate_model(model, eval_loader(rows, Path(run_dir), settings), len(classes) + 1, device,
                                 on_prediction=keep if split == "test" else None)
         report[split] = {"images": len(rows), **_metrics_record(result, classes)}
         if split == "test":

@@ -43,19 +43,26 @@ class RepeatFactorSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def epoch_indices(self) -> list[int]:
+    def epoch_items(self) -> list[tuple[int, int]]:
+        """This rank's (position in the whole epoch's order, image index) pairs.
+
+        The positions let augmentation be seeded per sample, alike for every number of ranks.
+        """
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         whole = np.floor(self.factors)
         extra = torch.rand(len(self.factors), generator=generator, dtype=torch.float64).numpy()
         counts = (whole + (extra < self.factors - whole)).astype(int)
         indices = np.repeat(np.arange(len(self.factors)), counts)
         order = torch.randperm(len(indices), generator=generator).numpy()
-        indices = indices[order].tolist()
+        items = list(enumerate(indices[order].tolist()))
         if self.num_replicas > 1:
-            total = math.ceil(len(indices) / self.num_replicas) * self.num_replicas
-            indices += indices[: total - len(indices)]
-            indices = indices[self.rank :: self.num_replicas]
-        return indices
+            total = math.ceil(len(items) / self.num_replicas) * self.num_replicas
+            items += items[: total - len(items)]
+            items = items[self.rank :: self.num_replicas]
+        return items
+
+    def epoch_indices(self) -> list[int]:
+        return [index for _, index in self.epoch_items()]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.epoch_indices())

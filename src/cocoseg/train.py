@@ -1,9 +1,16 @@
 """Training one variant: model selection on the validation split, resumable checkpoints.
 
-Each epoch ends with a validation pass (confusion matrix at the masks' own resolution),
-a row of ``metrics.csv``, and ``last.pt``; the epoch with the best validation mIoU is also
-``best.pt``. A run that finds ``last.pt`` resumes from it. SIGTERM (a scheduler's pre-emption)
-saves ``last.pt`` at the next step and exits with status 143, so a retry resumes.
+Training reads the cache (``cocoseg.cache``). Each epoch ends with a validation pass on the
+cached val split (a confusion matrix at the training size), a row of ``metrics.csv``, and
+``last.pt``; the epoch with the best validation mIoU is also ``best.pt``. A run that finds
+``last.pt`` resumes from it. SIGTERM (a scheduler's pre-emption) saves ``last.pt`` at the next
+step and exits with status 143, so a retry resumes.
+
+The step never waits for the GPU: losses, the finite-loss check and confusion matrices stay on
+the device and are read every ``CHECK_EVERY`` steps and once an epoch. Under
+``torch.distributed`` (torchrun, or ``train_distributed``) each rank takes its share of the
+sampler's epoch order and of the per-step batch, gradients are averaged by
+DistributedDataParallel, validation confusion matrices are summed over ranks, and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import signal
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
+import torch.distributed as dist
 from tqdm import tqdm
 
-from cocoseg.datasets import SegmentationDataset, collate_eval, eval_transform, seed_worker, train_transform
+from cocoseg.batches import Batch, DeviceBatches, as_tensors, eval_batches, train_batches
+from cocoseg.cache import ensure_cache, load_split
 from cocoseg.io import atomic_path, write_csv
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
@@ -41,7 +50,9 @@ log = logging.getLogger(__name__)
 
 TIMING_COLUMNS = ("seconds", "images_per_s")
 # Settings that change how a run is executed, not what it computes: a checkpoint resumes across them.
-EXECUTION_SETTINGS = ("num_workers", "eval_batch_size", "device", "wandb_mode", "wandb_project")
+EXECUTION_SETTINGS = ("num_workers", "eval_batch_size", "device", "wandb_mode", "wandb_project", "compile")
+# Steps between reads of the device-side checks (a non-finite loss; with several ranks, SIGTERM).
+CHECK_EVERY = 25
 
 
 class TrainingInterrupted(SystemExit):
@@ -60,6 +71,8 @@ class TrainSettings:
     epochs: int = 30
     batch_size: int = 4
     lr: float = 1e-4
+    lr_scaling: str = "sqrt"  # sqrt | linear | none: how lr follows batch_size / base_batch_size
+    base_batch_size: int = 4
     weight_decay: float = 0.0
     scheduler: str = "none"  # none | cosine | poly
     warmup_epochs: int = 0
@@ -74,6 +87,8 @@ class TrainSettings:
     class_weights: str = "inverse_sqrt"
     repeat_threshold: float = 0.3
     focal_tversky: dict[str, float] = field(default_factory=lambda: {"alpha": 0.3, "beta": 0.7, "gamma": 0.75})
+    data_on_device: str = "auto"  # auto | always | never: keep the train split on the device, augment there
+    compile: bool = False
     eval_batch_size: int = 8
     num_workers: int = 2
     seed: int = 0
@@ -82,9 +97,49 @@ class TrainSettings:
     wandb_project: str = "cocoseg"
 
 
-def select_device(name: str = "auto") -> torch.device:
+def scaled_lr(settings: TrainSettings) -> float:
+    """``lr`` is the rate for ``base_batch_size``; another batch size scales it.
+
+    ``sqrt`` multiplies by sqrt(batch_size / base_batch_size), the rule for Adam (Malladi et al.,
+    "On the SDEs and scaling rules for adaptive gradient algorithms", NeurIPS 2022); ``linear``
+    by the ratio itself, the rule for SGD (Goyal et al. 2017); ``none`` keeps ``lr``.
+    """
+    ratio = settings.batch_size / settings.base_batch_size
+    factors = {"sqrt": math.sqrt(ratio), "linear": ratio, "none": 1.0}
+    if settings.lr_scaling not in factors:
+        raise ValueError(f"unknown lr_scaling {settings.lr_scaling!r}; use one of {', '.join(factors)}")
+    return settings.lr * factors[settings.lr_scaling]
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def current_ranks() -> Ranks:
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks()
+
+
+def _all_reduce(tensor: torch.Tensor, ranks: Ranks, op: str = "sum") -> torch.Tensor:
+    if ranks.world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor
+
+
+def select_device(name: str = "auto", ranks: Ranks = Ranks()) -> torch.device:
+    """``auto``: CUDA when there is one (each rank its own GPU), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local_rank = int(os.environ.get("LOCAL_RANK", ranks.rank))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(name)
 
 
@@ -132,47 +187,41 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def _prepare_batch(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, Any]:
-    images = batch["image"].to(device, non_blocking=True)
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    masks = batch["mask"]
-    if isinstance(masks, torch.Tensor):
-        masks = masks.to(device, non_blocking=True)
-    return images, masks
 
 
-def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-                   loss_fn: torch.nn.Module | None = None,
-                   on_prediction: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
-    """Confusion matrix (and mean loss) at each mask's own resolution: logits are upsampled bilinearly."""
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, under DistributedDataParallel or torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def validate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int,
+             device: torch.device, loss_fn: torch.nn.Module | None = None, ranks: Ranks = Ranks()) -> dict[str, Any]:
+    """Metrics of the cached val split (at the training size), summed over ranks; one read at the end."""
     model.eval()
     confusion = ConfusionMatrix(num_classes, device)
-    loss_sum = torch.zeros((), device=device)
-    count = 0
+    loss_sum, count = torch.zeros((), device=device), torch.zeros((), device=device)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        for batch in loader:
-            images, masks = _prepare_batch(batch, device)
-            logits, _ = forward_logits(model, images)
-            for i, mask in enumerate(masks):
-                mask = mask.to(device)
-                upsampled = F.interpolate(logits[i : i + 1].float(), size=mask.shape, mode="bilinear",
-                                          align_corners=False)
-                prediction = upsampled.argmax(1)[0]
-                confusion.update(prediction, mask)
-                if loss_fn is not None:
-                    loss_sum += loss_fn(upsampled, mask[None])
-                if on_prediction is not None:
-                    on_prediction(batch["image_id"][i], prediction, mask)
-                count += 1
+        for batch_images, batch_masks in eval_batches(images, masks, batch_size, device, ranks.rank, ranks.world_size):
+            if device.type == "cuda":
+                batch_images = batch_images.contiguous(memory_format=torch.channels_last)
+            logits, _ = forward_logits(model, batch_images)
+            confusion.update(logits.argmax(1), batch_masks)
+            if loss_fn is not None:
+                loss_sum += loss_fn(logits.float(), batch_masks) * len(batch_masks)
+            count += len(batch_masks)
+    _all_reduce(confusion.matrix, ranks)
+    _all_reduce(loss_sum, ranks)
+    _all_reduce(count, ranks)
     result = metrics_from_confusion(confusion.numpy())
     result["confusion"] = confusion.numpy()
-    result["loss"] = float(loss_sum) / max(count, 1)
+    result["loss"] = float(loss_sum / count.clamp(min=1))
     return result
 
 
-def recalibrate_batch_norm(model: torch.nn.Module, loader: DataLoader, batches: int, device: torch.device) -> None:
-    """Recompute batch-norm running statistics as plain averages over ``batches`` training batches.
+def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[Batch], count: int, device: torch.device) -> None:
+    """Recompute batch-norm running statistics as plain averages over ``count`` training batches.
 
     In a short run from scratch the weights move faster than the running averages follow, and a
     model that segments well with batch statistics predicts only background in eval mode. This is
@@ -185,17 +234,10 @@ def recalibrate_batch_norm(model: torch.nn.Module, loader: DataLoader, batches: 
         norm.momentum = None  # cumulative average
     model.train()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        for batch in itertools.islice(loader, batches):
-            model(_prepare_batch(batch, device)[0])
+        for images, _ in itertools.islice(batches, count):
+            model(images)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
-
-
-def _eval_loader(rows: pd.DataFrame, run_dir: Path, settings: TrainSettings) -> DataLoader:
-    dataset = SegmentationDataset(rows, run_dir, eval_transform(settings.image_size), train=False)
-    return DataLoader(dataset, batch_size=settings.eval_batch_size, shuffle=False, drop_last=False,
-                      num_workers=settings.num_workers, collate_fn=collate_eval,
-                      persistent_workers=settings.num_workers > 0)
 
 
 def _sampling_factors(train_rows: pd.DataFrame, classes: list[str], settings: TrainSettings) -> np.ndarray:
@@ -207,14 +249,16 @@ def _sampling_factors(train_rows: pd.DataFrame, classes: list[str], settings: Tr
     raise ValueError(f"unknown sampling {settings.sampling!r}; use uniform or oversample")
 
 
-def _loss(train_rows: pd.DataFrame, classes: list[str], settings: TrainSettings, out_dir: Path,
+def _loss(train_rows: pd.DataFrame, classes: list[str], settings: TrainSettings, out_dir: Path | None,
           device: torch.device) -> torch.nn.Module:
+    """The variant's loss; the class weights of a weighted loss are written to ``out_dir`` (rank 0 passes it)."""
     weights = None
     if settings.loss == "weighted_cross_entropy":
         counts = train_rows[[f"pixels_{c}" for c in ("background", *classes)]].sum().to_numpy()
         values = class_weights(counts, settings.class_weights)
-        write_csv(pd.DataFrame({"class": ["background", *classes], "train_pixels": counts, "weight": values}),
-                  out_dir / "class_weights.csv")
+        if out_dir is not None:
+            write_csv(pd.DataFrame({"class": ["background", *classes], "train_pixels": counts, "weight": values}),
+                      out_dir / "class_weights.csv")
         weights = torch.tensor(values, dtype=torch.float32)
     return build_loss(settings.loss, weights, **settings.focal_tversky).to(device)
 
@@ -229,35 +273,38 @@ def _start_wandb(settings: TrainSettings, run_name: str, variant: str, out_dir: 
                       config=dataclasses.asdict(settings), reinit="finish_previous")
 
 
-def _epoch_loader(train_set: SegmentationDataset, sampler: RepeatFactorSampler, settings: TrainSettings, epoch: int,
-                  start_step: int, device: torch.device) -> DataLoader:
-    """The epoch's seeded order and augmentation streams, from ``start_step`` on (a resumed epoch)."""
-    sampler.set_epoch(epoch)
-    train_set.transform.set_random_seed(settings.seed * 1000 + epoch)
-    indices = sampler.epoch_indices()[start_step * settings.batch_size :]
-    return DataLoader(train_set, batch_size=settings.batch_size, sampler=indices, drop_last=True,
-                      num_workers=settings.num_workers, worker_init_fn=seed_worker,
-                      generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch),
-                      pin_memory=device.type == "cuda")
-
-
-def _train_step(model: torch.nn.Module, batch: dict[str, Any], loss_fn: torch.nn.Module,
-                optimizer: torch.optim.Optimizer, settings: TrainSettings, device: torch.device,
-                where: str) -> torch.Tensor:
-    """One optimizer step; returns the detached loss. ``where`` names the step in a non-finite-loss error."""
-    images, masks = _prepare_batch(batch, device)
+def _train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, aux_weight: float, device: torch.device) -> torch.Tensor:
+    """One optimizer step; returns the detached loss, still on the device (nothing here waits for the GPU)."""
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits, aux = forward_logits(model, images)
-        loss = loss_fn(logits, masks)
+        loss = loss_fn(logits.float(), masks)
         if aux is not None:
-            loss = loss + settings.aux_weight * loss_fn(aux, masks)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{where.format(loss.item())}; lower train.lr (now {settings.lr}) "
-                                 f"or check the data of this batch: {batch['image_id']}")
+            loss = loss + aux_weight * loss_fn(aux.float(), masks)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+class NonFiniteLoss:
+    """The first step of an epoch whose loss was not finite, recorded on the device and read now and then."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.zeros((), dtype=torch.int64, device=device)  # 1-based; 0: none yet
+        self.value = torch.zeros((), device=device)
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        first = ~torch.isfinite(loss) & (self.step == 0)
+        self.step = torch.where(first, step + 1, self.step)
+        self.value = torch.where(first, loss.float(), self.value)
+
+    def first(self, ranks: Ranks) -> tuple[int, float]:
+        """(1-based step, loss) of the first non-finite loss on any rank, or (0, 0.0); a host read."""
+        step = _all_reduce(self.step.clone(), ranks, "max")
+        return int(step), float(self.value)
 
 
 def _epoch_row(epoch: int, lr: float, train_loss: float, val: dict[str, Any], classes: list[str], seen: int,
@@ -269,19 +316,218 @@ def _epoch_row(epoch: int, lr: float, train_loss: float, val: dict[str, Any], cl
 
 
 def _finish(out_dir: Path, history: list[dict[str, Any]], best: dict[str, Any], settings: TrainSettings,
-            elapsed: float, device: torch.device, variant: str, best_path: Path) -> dict[str, Any]:
+            elapsed: float, device: torch.device, variant: str, best_path: Path, ranks: Ranks) -> dict[str, Any]:
     """training.json, the final metrics.csv, and best.pt copied out of checkpoints/."""
     frame = pd.DataFrame(history)
     summary = {"variant": variant, "best_epoch": best["epoch"], "best_val_miou": best["miou"],
                "epochs": settings.epochs, "train_seconds": float(frame["seconds"].sum()),
                "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
-               "wall_seconds": elapsed, "device": str(device), "settings": dataclasses.asdict(settings)}
+               "wall_seconds": elapsed, "device": str(device), "world_size": ranks.world_size,
+               "lr": scaled_lr(settings), "settings": dataclasses.asdict(settings)}
     with atomic_path(out_dir / "training.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     write_csv(frame, out_dir / "metrics.csv")
     with atomic_path(out_dir / "best.pt") as tmp:
         shutil.copyfile(best_path, tmp)
     return summary
+
+
+class _Run:
+    """One variant's training: the model, optimizer, data and bookkeeping, and the epoch loop."""
+
+    def __init__(self, manifest_path: Path, run_dir: Path, out_dir: Path, classes: list[str], settings: TrainSettings,
+                 variant: str, run_name: str, threads: int | None, cache_dir: Path) -> None:
+        self.ranks = current_ranks()
+        self.settings, self.classes, self.variant, self.run_name, self.out_dir = (
+            settings, classes, variant, run_name, out_dir)
+        self.device = device = select_device(settings.device, self.ranks)
+        if settings.batch_size % self.ranks.world_size:
+            raise ValueError(f"train.batch_size {settings.batch_size} does not divide among "
+                             f"{self.ranks.world_size} processes; make it a multiple of the GPU count")
+        torch.manual_seed(settings.seed)
+        np.random.seed(settings.seed)
+        random.seed(settings.seed)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.benchmark = True
+
+        if self.ranks.main:
+            ensure_cache(manifest_path, run_dir, cache_dir, settings.image_size, threads or 1)
+        if self.ranks.world_size > 1:
+            dist.barrier()
+        train_split = load_split(cache_dir, "train", manifest_path, settings.image_size)
+        val_split = load_split(cache_dir, "val", manifest_path, settings.image_size)
+        manifest = pd.read_csv(manifest_path)
+        self.train_rows = manifest[manifest["split"] == "train"].reset_index(drop=True)
+        if list(self.train_rows["image_id"]) != train_split.image_ids:
+            raise RuntimeError(f"{cache_dir} does not hold the train split of {manifest_path} in order; delete it")
+
+        self.model = self._build_model()
+        self.loss_fn = _loss(self.train_rows, classes, settings, out_dir if self.ranks.main else None, device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=scaled_lr(settings),
+                                          weight_decay=settings.weight_decay, fused=device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda epoch: lr_factor(epoch, settings))
+        sampler = RepeatFactorSampler(_sampling_factors(self.train_rows, classes, settings), seed=settings.seed,
+                                      num_replicas=self.ranks.world_size, rank=self.ranks.rank)
+        self.rank_batch_size = settings.batch_size // self.ranks.world_size
+        self.batches = train_batches(train_split, sampler, self.rank_batch_size, settings.hflip, settings.vflip,
+                                     settings.rotate, settings.seed, settings.num_workers, device,
+                                     settings.data_on_device)
+        on_device = isinstance(self.batches, DeviceBatches)
+        self.val_images, self.val_masks = as_tensors(val_split, device if on_device else "cpu")
+        log.info("%s: %d train images on %s (%s data path), %d process(es), batch %d, lr %.3g", variant,
+                 len(self.train_rows), device, "device" if on_device else "DataLoader", self.ranks.world_size,
+                 settings.batch_size, scaled_lr(settings))
+
+        self.last_path, self.best_path = out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt"
+        self.fingerprint = run_fingerprint(settings, manifest_path, classes)
+        self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.best: dict[str, Any] = {"miou": -1.0, "epoch": -1}
+        self.history: list[dict[str, Any]] = []
+        self.interrupted = False
+
+    def _build_model(self) -> torch.nn.Module:
+        s, device = self.settings, self.device
+        model = build_model(s.backbone, len(self.classes) + 1, s.weights_backbone, s.aux_loss, s.bn_momentum)
+        if self.ranks.world_size > 1 and device.type == "cuda":
+            # Batch statistics over the whole batch, as on one GPU (gloo on the CPU has no SyncBatchNorm).
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.last_path, self.device) if self.last_path.exists() else None
+        if state is not None and state.get("fingerprint") != self.fingerprint:
+            log.warning("%s was made with other settings or data: starting afresh", self.last_path)
+            state = None
+        if state is None:
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best, self.history, self.elapsed = state["best"], state["history"], state["elapsed"]
+        _set_rng_state(state["rng"])
+        log.info("resuming %s from %s: epoch %d, step %d", self.variant, self.last_path, self.epoch + 1, self.step)
+
+    def checkpoint(self) -> None:
+        if self.ranks.main:
+            save_checkpoint(self.last_path, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                            scheduler=self.scheduler.state_dict(), epoch=self.epoch, step=self.step, best=self.best,
+                            history=self.history, elapsed=self.elapsed, rng=_rng_state(),
+                            fingerprint=self.fingerprint, settings=dataclasses.asdict(self.settings),
+                            classes=self.classes, variant=self.variant)
+
+    def _stop_requested(self, step: int) -> bool:
+        """SIGTERM seen here, or (read every CHECK_EVERY steps) on any rank."""
+        if self.ranks.world_size == 1:
+            return self.interrupted
+        if step % CHECK_EVERY:
+            return False
+        flag = torch.tensor(float(self.interrupted), device=self.device)
+        return bool(_all_reduce(flag, self.ranks, "max"))
+
+    def _raise_if_nonfinite(self, nonfinite: NonFiniteLoss) -> None:
+        step, value = nonfinite.first(self.ranks)
+        if step:
+            raise FloatingPointError(
+                f"{self.variant}: loss is {value} at epoch {self.epoch + 1}, step {step}; lower train.lr "
+                f"(now {scaled_lr(self.settings)}) or look at the images of that step in the train split")
+
+    def train_epoch(self, ddp_model: torch.nn.Module) -> tuple[float, int]:
+        """One epoch from ``self.step`` on; returns the mean train loss and the images seen (all ranks)."""
+        s = self.settings
+        ddp_model.train()
+        loss_sum, steps = torch.zeros((), device=self.device), 0
+        nonfinite = NonFiniteLoss(self.device)
+        total = self.batches.steps(self.epoch) - self.step
+        bar = tqdm(self.batches.epoch(self.epoch, self.step), total=total, disable=not self.ranks.main,
+                   desc=f"{self.variant} epoch {self.epoch + 1}/{s.epochs}", unit="batch", mininterval=2)
+        for step, (images, masks) in enumerate(bar, start=self.step):
+            if self._stop_requested(step):
+                self._raise_if_nonfinite(nonfinite)
+                self.step = step
+                raise TrainingInterrupted()
+            loss = _train_step(ddp_model, images, masks, self.loss_fn, self.optimizer, s.aux_weight, self.device)
+            nonfinite.record(loss, step)
+            loss_sum += loss
+            steps += 1
+            if (step + 1) % CHECK_EVERY == 0:
+                self._raise_if_nonfinite(nonfinite)
+        self._raise_if_nonfinite(nonfinite)
+        mean_loss = float(_all_reduce(loss_sum, self.ranks)) / max(1, steps * self.ranks.world_size)
+        return mean_loss, steps * s.batch_size
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's batch-norm statistics everywhere (plain BatchNorm keeps them per rank)."""
+        if self.ranks.world_size > 1:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, 0)
+
+    def end_epoch(self, train_loss: float, seen: int, train_seconds: float, started: float, wandb_run: Any) -> None:
+        s = self.settings
+        if s.bn_recalibration:
+            recalibrate_batch_norm(self.model, self.batches.epoch(self.epoch), s.bn_recalibration, self.device)
+        self._sync_buffers()
+        val = validate(self.model, self.val_images, self.val_masks, len(self.classes) + 1, s.eval_batch_size,
+                       self.device, self.loss_fn, self.ranks)
+        self.elapsed += time.perf_counter() - started
+        row = _epoch_row(self.epoch, self.optimizer.param_groups[0]["lr"], train_loss, val, self.classes, seen,
+                         train_seconds)
+        self.history.append(row)
+        self.scheduler.step()
+        if val["miou"] > self.best["miou"]:
+            self.best = {"miou": val["miou"], "epoch": self.epoch + 1}
+            if self.ranks.main:
+                save_checkpoint(self.best_path, model=self.model.state_dict(), epoch=self.epoch + 1,
+                                val_miou=val["miou"], settings=dataclasses.asdict(s), classes=self.classes,
+                                variant=self.variant)
+        self.epoch, self.step = self.epoch + 1, 0
+        self.checkpoint()
+        if self.ranks.main:
+            write_csv(pd.DataFrame(self.history), self.out_dir / "metrics.csv")
+        log.info("%s epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f at epoch %d)", self.variant,
+                 self.epoch, row["train_loss"], row["val_loss"], row["val_miou"], self.best["miou"],
+                 self.best["epoch"])
+        if wandb_run is not None:
+            wandb_run.log(row, step=self.epoch)
+
+    def run(self, on_epoch_end: Callable[[int], None] | None) -> dict[str, Any]:
+        self.resume()
+        model: torch.nn.Module = self.model
+        if self.ranks.world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if self.settings.compile:
+            model = torch.compile(model)
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "interrupted", True))
+        wandb_run = _start_wandb(self.settings, self.run_name, self.variant, self.out_dir) if self.ranks.main else None
+        try:
+            while self.epoch < self.settings.epochs:
+                started = time.perf_counter()
+                try:
+                    train_loss, seen = self.train_epoch(model)
+                except TrainingInterrupted:
+                    self.elapsed += time.perf_counter() - started
+                    self.checkpoint()
+                    log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", self.last_path, self.epoch + 1,
+                                self.step)
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.end_epoch(train_loss, seen, time.perf_counter() - started, started, wandb_run)
+                if on_epoch_end is not None:
+                    on_epoch_end(self.epoch - 1)
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            if wandb_run is not None:
+                wandb_run.finish()
+        if not self.ranks.main:
+            return {}
+        return _finish(self.out_dir, self.history, self.best, self.settings, self.elapsed, self.device, self.variant,
+                       self.best_path, self.ranks)
 
 
 def train(
@@ -294,108 +540,59 @@ def train(
     run_name: str = "run",
     threads: int | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train one variant; write best.pt, metrics.csv, training.json and checkpoints/ under ``out_dir``."""
+    """Train one variant; write best.pt, metrics.csv, training.json and checkpoints/ under ``out_dir``.
+
+    ``cache_dir`` defaults to ``run_dir/cache/<image_size>px``, built there when missing or stale.
+    Under an initialised process group (torchrun), this process is one rank of the run.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
-    device = select_device(settings.device)
-    torch.manual_seed(settings.seed)
-    np.random.seed(settings.seed)
-    random.seed(settings.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    cache = Path(cache_dir) if cache_dir else run_dir / "cache" / f"{settings.image_size}px"
+    return _Run(Path(manifest_path), run_dir, out_dir, classes, settings, variant, run_name, threads, cache).run(
+        on_epoch_end)
 
-    manifest = pd.read_csv(manifest_path)
-    train_rows = manifest[manifest["split"] == "train"].reset_index(drop=True)
-    val_rows = manifest[manifest["split"] == "val"].reset_index(drop=True)
-    num_classes = len(classes) + 1
-    model = build_model(settings.backbone, num_classes, settings.weights_backbone, settings.aux_loss,
-                        settings.bn_momentum).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = _loss(train_rows, classes, settings, out_dir, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
-                                 fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, settings))
-    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling; kept for the format
-    transform = train_transform(settings.image_size, settings.hflip, settings.vflip, settings.rotate)
-    train_set = SegmentationDataset(train_rows, run_dir, transform, train=True)
-    sampler = RepeatFactorSampler(_sampling_factors(train_rows, classes, settings), seed=settings.seed)
-    val_loader = _eval_loader(val_rows, run_dir, settings)
 
-    start_epoch, start_step, best, history, elapsed = 0, 0, {"miou": -1.0, "epoch": -1}, [], 0.0
-    # Snakemake deletes a failed job's declared outputs: the checkpoints live apart, and best.pt is
-    # copied out only when training is complete.
-    last_path, best_path = out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt"
-    fingerprint = run_fingerprint(settings, manifest_path, classes)
-    state = load_checkpoint(last_path, device) if last_path.exists() else None
-    if state is not None and state.get("fingerprint") != fingerprint:
-        log.warning("%s was made with other settings or data: starting afresh", last_path)
-        state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step = state["epoch"], state["step"]
-        best, history, elapsed = state["best"], state["history"], state["elapsed"]
-        _set_rng_state(state["rng"])
-        log.info("resuming %s from %s: epoch %d, step %d", variant, last_path, start_epoch + 1, start_step)
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
-    interrupted = {"flag": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: interrupted.update(flag=True))
 
-    def checkpoint(epoch: int, step: int) -> None:
-        save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch, step=step,
-                        best=best, history=history, elapsed=elapsed, rng=_rng_state(), fingerprint=fingerprint,
-                        settings=dataclasses.asdict(settings), classes=classes, variant=variant)
-
-    wandb_run = _start_wandb(settings, run_name, variant, out_dir)
+def _rank_main(rank: int, world_size: int, port: int, backend: str, args: tuple, kwargs: dict) -> None:
+    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        for epoch in range(start_epoch, settings.epochs):
-            loader = _epoch_loader(train_set, sampler, settings, epoch, start_step, device)
-            model.train()
-            started = time.perf_counter()
-            loss_sum, seen = torch.zeros((), device=device), 0
-            bar = tqdm(loader, desc=f"{variant} epoch {epoch + 1}/{settings.epochs}", unit="batch", mininterval=2)
-            for step, batch in enumerate(bar, start=start_step):
-                if interrupted["flag"]:
-                    elapsed += time.perf_counter() - started
-                    checkpoint(epoch, step)
-                    log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", last_path, epoch + 1, step)
-                    raise TrainingInterrupted()
-                loss_sum += _train_step(model, batch, loss_fn, optimizer, settings, device,
-                                        f"{variant}: loss is {{}} at epoch {epoch + 1}, step {step + 1}")
-                seen += len(batch["image"])
-            start_step = 0
-            if settings.bn_recalibration:
-                recalibrate_batch_norm(model, loader, settings.bn_recalibration, device)
-            train_seconds = time.perf_counter() - started
-            val = evaluate_model(model, val_loader, num_classes, device, loss_fn)
-            elapsed += time.perf_counter() - started
-            train_loss = float(loss_sum) / max(1, seen // settings.batch_size)
-            row = _epoch_row(epoch, optimizer.param_groups[0]["lr"], train_loss, val, classes, seen, train_seconds)
-            history.append(row)
-            scheduler.step()
-            if val["miou"] > best["miou"]:
-                best = {"miou": val["miou"], "epoch": epoch + 1}
-                save_checkpoint(best_path, model=model.state_dict(), epoch=epoch + 1, val_miou=val["miou"],
-                                settings=dataclasses.asdict(settings), classes=classes, variant=variant)
-            checkpoint(epoch + 1, 0)
-            write_csv(pd.DataFrame(history), out_dir / "metrics.csv")
-            log.info("%s epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f at epoch %d)",
-                     variant, epoch + 1, row["train_loss"], row["val_loss"], row["val_miou"], best["miou"],
-                     best["epoch"])
-            if wandb_run is not None:
-                wandb_run.log(row, step=epoch + 1)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
+        train(*args, **kwargs)
+    finally:
+        dist.destroy_process_group()
+
+
+def train_distributed(world_size: int, *args: Any, backend: str | None = None, **kwargs: Any) -> None:
+    """``train`` in ``world_size`` processes on this machine (one per GPU; gloo on the CPU).
+
+    The same as ``torchrun --nproc-per-node world_size``, for callers that are one Python process
+    already (a Snakemake job). The processes exit with the first failure; a SIGTERM'd rank exits 143.
+    """
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    context = torch.multiprocessing.start_processes(_rank_main, args=(world_size, _free_port(), backend, args, kwargs),
+                                                    nprocs=world_size, join=False, start_method="spawn")
+
+    def forward_sigterm(*_: Any) -> None:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous_handler = signal.signal(signal.SIGTERM, forward_sigterm)
+    try:
+        while not context.join():
+            pass
+    except torch.multiprocessing.ProcessExitedException as failure:
+        if failure.exit_code == 143:
+            raise TrainingInterrupted() from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
-        if wandb_run is not None:
-            wandb_run.finish()
-
-    return _finish(out_dir, history, best, settings, elapsed, device, variant, best_path)
