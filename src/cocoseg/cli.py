@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -77,16 +78,31 @@ def cmd_stats(args: argparse.Namespace) -> None:
                 out / "figures/class_pixels.png")
 
 
+def cmd_cache(args: argparse.Namespace) -> None:
+    from cocoseg.cache import build_cache
+
+    manifest = Path(args.manifest)
+    build_cache(manifest, manifest.parents[1], args.out_dir, args.image_size, args.threads)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from cocoseg.config import load_config
-    from cocoseg.train import train
+    from cocoseg.train import train, train_distributed
     from cocoseg.variants import settings_for
 
     config = load_config(args.configfile)
     manifest = Path(args.manifest or f"results/{config['run']}/data/manifest.csv")
     out_dir = Path(args.out_dir or manifest.parents[1] / "models" / args.variant)
-    train(manifest, manifest.parents[1], out_dir, config["dataset"]["classes"], settings_for(config, args.variant),
-          args.variant, config["run"], args.threads)
+    arguments = (manifest, manifest.parents[1], out_dir, config["dataset"]["classes"],
+                 settings_for(config, args.variant), args.variant, config["run"], args.threads)
+    if args.nproc > 1:
+        train_distributed(args.nproc, *arguments, cache_dir=args.cache_dir, log_file=args.log)
+    else:  # one process, or one rank of torchrun (which initialises the process group)
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            import torch
+
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        train(*arguments, cache_dir=args.cache_dir)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -173,12 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--classes", nargs="+", required=True)
     sub.add_argument("--out-dir", required=True, help="writes tables/ and figures/ below it")
 
-    sub = step("train", cmd_train, "train one variant of a config (resumes from its last checkpoint)")
+    sub = step("cache", cmd_cache, "write the train and val splits as resized uint8 arrays for training")
+    sub.add_argument("--manifest", required=True, help="results/<run>/data/manifest.csv")
+    sub.add_argument("--image-size", type=int, required=True)
+    sub.add_argument("--out-dir", required=True, help="e.g. results/<run>/cache/256px")
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = step("train", cmd_train, "train one variant of a config (resumes from its last checkpoint); "
+               "under torchrun, one rank of a DistributedDataParallel run")
     sub.add_argument("--configfile", required=True)
     sub.add_argument("--variant", required=True, help="backbone-loss-sampling, e.g. resnet50-focal_tversky-uniform")
     sub.add_argument("--manifest", help="default: results/<run>/data/manifest.csv")
     sub.add_argument("--out-dir", help="default: results/<run>/models/<variant>")
+    sub.add_argument("--cache-dir", help="default: results/<run>/cache/<image_size>px (built when missing)")
     sub.add_argument("--threads", type=int)
+    sub.add_argument("--nproc", type=int, default=1,
+                     help="processes (one per GPU) for DistributedDataParallel, like torchrun --nproc-per-node")
 
     sub = step("evaluate", cmd_evaluate, "evaluate a checkpoint on the validation and test splits")
     sub.add_argument("--checkpoint", required=True)

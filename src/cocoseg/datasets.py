@@ -98,7 +98,7 @@ class CachedTrainDataset(Dataset):
         position, index = item
         entropy = np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(1)[0]
         self.transform.set_random_seed(int(entropy))
-        out = self.transform(image=np.asarray(self.images[index]), mask=np.asarray(self.masks[index]))
+        out = self.transform(image=np.array(self.images[index]), mask=np.array(self.masks[index]))  # copies
         return {"image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
                 "mask": torch.from_numpy(np.ascontiguousarray(out["mask"])).long()}
 

@@ -12,12 +12,14 @@ from pathlib import Path
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+def configure(log_file: str | Path | None = None, level: int = logging.INFO, append: bool = False,
+              prefix: str = "") -> None:
+    """Log to stderr and ``log_file``; ``append`` and ``prefix`` for processes that share a log (ranks)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w", encoding="utf-8"))
-    logging.basicConfig(level=level, format=FORMAT, handlers=handlers, force=True)
+        handlers.append(logging.FileHandler(log_file, mode="a" if append else "w", encoding="utf-8"))
+    logging.basicConfig(level=level, format=prefix + FORMAT, handlers=handlers, force=True)
     logging.captureWarnings(True)
 
 

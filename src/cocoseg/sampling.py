@@ -8,7 +8,6 @@ more with probability r_i - floor(r_i), in a seeded random order.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -32,7 +31,7 @@ class RepeatFactorSampler(Sampler[int]):
     """Seeded per-epoch sampler; uniform sampling is the case where every factor is 1.
 
     With ``num_replicas > 1`` each rank takes every num_replicas-th index of the same epoch list
-    (padded to a multiple), as DistributedSampler does, so oversampling survives distribution.
+    (cut to a multiple of the ranks), as DistributedSampler with drop_last does, so oversampling survives.
     """
 
     def __init__(self, factors: np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
@@ -56,9 +55,9 @@ class RepeatFactorSampler(Sampler[int]):
         order = torch.randperm(len(indices), generator=generator).numpy()
         items = list(enumerate(indices[order].tolist()))
         if self.num_replicas > 1:
-            total = math.ceil(len(items) / self.num_replicas) * self.num_replicas
-            items += items[: total - len(items)]
-            items = items[self.rank :: self.num_replicas]
+            # Cut to a multiple of the ranks, so that each rank's whole batches make up the
+            # single process's whole batches (the tail is dropped either way).
+            items = items[: len(items) // self.num_replicas * self.num_replicas][self.rank :: self.num_replicas]
         return items
 
     def epoch_indices(self) -> list[int]:

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from cocoseg.batches import Batch, DeviceBatches, as_tensors, eval_batches, train_batches
 from cocoseg.cache import ensure_cache, load_split
 from cocoseg.io import atomic_path, write_csv
+from cocoseg.logs import configure as configure_logging
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
@@ -494,6 +495,16 @@ class _Run:
         if wandb_run is not None:
             wandb_run.log(row, step=self.epoch)
 
+    def _check_ranks_agree(self) -> None:
+        """Every rank ends with the same weights, or DistributedDataParallel did not do its work."""
+        if self.ranks.world_size == 1:
+            return
+        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum()
+        extremes = torch.stack([checksum, -checksum])
+        _all_reduce(extremes, self.ranks, "max")
+        if float(extremes[0]) != -float(extremes[1]):
+            raise RuntimeError(f"{self.variant}: the ranks' weights differ at the end of training")
+
     def run(self, on_epoch_end: Callable[[int], None] | None) -> dict[str, Any]:
         self.resume()
         model: torch.nn.Module = self.model
@@ -524,6 +535,7 @@ class _Run:
             signal.signal(signal.SIGTERM, previous_handler)
             if wandb_run is not None:
                 wandb_run.finish()
+        self._check_ranks_agree()
         if not self.ranks.main:
             return {}
         return _finish(self.out_dir, self.history, self.best, self.settings, self.elapsed, self.device, self.variant,
@@ -562,7 +574,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _rank_main(rank: int, world_size: int, port: int, backend: str, args: tuple, kwargs: dict) -> None:
+def _rank_main(rank: int, world_size: int, port: int, backend: str, log_file: str | None, args: tuple,
+               kwargs: dict) -> None:
+    configure_logging(log_file, append=True, prefix=f"[rank {rank}] ")
     os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world_size))
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
@@ -571,15 +585,19 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str, args: tuple,
         dist.destroy_process_group()
 
 
-def train_distributed(world_size: int, *args: Any, backend: str | None = None, **kwargs: Any) -> None:
+def train_distributed(world_size: int, *args: Any, backend: str | None = None, log_file: str | Path | None = None,
+                      **kwargs: Any) -> None:
     """``train`` in ``world_size`` processes on this machine (one per GPU; gloo on the CPU).
 
     The same as ``torchrun --nproc-per-node world_size``, for callers that are one Python process
-    already (a Snakemake job). The processes exit with the first failure; a SIGTERM'd rank exits 143.
+    already (a Snakemake job). Each rank appends to ``log_file``. A failure in any rank ends them
+    all; SIGTERM is passed on to the ranks, which save ``last.pt`` and exit 143.
     """
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    context = torch.multiprocessing.start_processes(_rank_main, args=(world_size, _free_port(), backend, args, kwargs),
-                                                    nprocs=world_size, join=False, start_method="spawn")
+    log_file = str(log_file) if log_file else None
+    context = torch.multiprocessing.start_processes(
+        _rank_main, args=(world_size, _free_port(), backend, log_file, args, kwargs), nprocs=world_size, join=False,
+        start_method="spawn")
 
     def forward_sigterm(*_: Any) -> None:
         for process in context.processes:

@@ -1,9 +1,34 @@
-# One training job per variant; each resumes from its last checkpoint when rerun.
+# The training cache per image size, then one training job per variant; each resumes from its last
+# checkpoint when rerun, and runs on several GPUs (DistributedDataParallel) when given them.
+
+
+rule cache:
+    input:
+        manifest=rules.split.output.manifest,
+    output:
+        record=f"{RUN}/cache/{{size}}px/cache.json",
+        arrays=[f"{RUN}/cache/{{size}}px/{split}_{kind}.npy" for split in ("train", "val") for kind in ("images", "masks")],
+    wildcard_constraints:
+        size=r"\d+",
+    threads: lookup(dpath="train/threads", within=config)
+    log:
+        f"{RUN}/logs/cache_{{size}}px.log",
+    conda:
+        "../../envs/train.yaml"
+    message:
+        "Caching the train and val splits at {wildcards.size} px"
+    script:
+        "../scripts/cache.py"
+
+
+def variant_cache(wildcards):
+    return f"{RUN}/cache/{settings_for(config, wildcards.variant).image_size}px/cache.json"
 
 
 rule train:
     input:
         manifest=rules.split.output.manifest,
+        cache=variant_cache,
     output:
         model=f"{RUN}/models/{{variant}}/best.pt",
         metrics=f"{RUN}/models/{{variant}}/metrics.csv",

@@ -1,0 +1,119 @@
+"""The training cache, and the two batch sources that read it (albumentations workers, the device)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cocoseg.batches import DeviceBatches, LoaderBatches
+from cocoseg.cache import StaleCacheError, build_cache, ensure_cache, load_split
+from cocoseg.data.masks import build_masks
+from cocoseg.data.select import select_images
+from cocoseg.data.split import split_manifest
+from cocoseg.datasets import eval_transform, read_mask, read_rgb
+from cocoseg.sampling import RepeatFactorSampler
+from cocoseg.train import TrainSettings, scaled_lr
+from conftest import CLASSES
+
+SIZE = 40
+
+
+@pytest.fixture(scope="module")
+def run_dir(synthetic, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cache_run")
+    data = run / "data"
+    select_images(synthetic.annotations, synthetic.images_dir, CLASSES, data, max_images=30, seed=0)
+    build_masks(data / "instances.json", data / "masks", data / "counts.csv")
+    split_manifest(data / "selected.csv", [data / "counts.csv"], CLASSES, data / "manifest.csv", data / "splits.csv",
+                   {"train": 0.6, "val": 0.2, "test": 0.2}, images_dir=synthetic.images_dir)
+    build_cache(data / "manifest.csv", run, run / "cache", SIZE, threads=2)
+    return run
+
+
+def test_cache_holds_each_split_resized_as_evaluation_resizes(run_dir):
+    manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
+    for split in ("train", "val"):
+        cached = load_split(run_dir / "cache", split, run_dir / "data" / "manifest.csv", SIZE)
+        rows = manifest[manifest["split"] == split]
+        assert cached.image_ids == rows["image_id"].tolist()
+        assert cached.images.shape == (len(rows), SIZE, SIZE, 3) and cached.images.dtype == np.uint8
+        for i, row in enumerate(rows.itertuples()):
+            resized = eval_transform(SIZE).transforms[0](image=read_rgb(row.image_path))["image"]
+            np.testing.assert_array_equal(cached.images[i], resized)
+            mask = read_mask(run_dir / row.mask_path)
+            # nearest neighbour: every cached label is a label of the mask
+            assert set(np.unique(cached.masks[i])) <= set(np.unique(mask))
+
+
+def test_a_cache_of_another_size_or_manifest_is_refused_and_rebuilt(run_dir, tmp_path):
+    manifest = run_dir / "data" / "manifest.csv"
+    with pytest.raises(StaleCacheError, match=r"holds 40 px images, not 32 px; rebuild it: python -m cocoseg cache"):
+        load_split(run_dir / "cache", "train", manifest, 32)
+    changed = tmp_path / "manifest.csv"
+    frame = pd.read_csv(manifest)
+    frame.loc[frame.index[0], "split"] = "val" if frame.loc[frame.index[0], "split"] == "train" else "train"
+    frame.to_csv(changed, index=False)
+    with pytest.raises(StaleCacheError, match="built from another version of"):
+        load_split(run_dir / "cache", "train", changed, SIZE)
+    copy = tmp_path / "cache"
+    build_cache(manifest, run_dir, copy, SIZE)
+    ensure_cache(changed, run_dir, copy, SIZE)  # rebuilds for the changed manifest
+    assert json.loads((copy / "cache.json").read_text())["splits"]["val"] == \
+        frame.loc[frame["split"] == "val", "image_id"].tolist()
+
+
+def _sources(run_dir, factors, batch_size, **augment):
+    split = load_split(run_dir / "cache", "train", run_dir / "data" / "manifest.csv", SIZE)
+    loader = LoaderBatches(split, RepeatFactorSampler(factors, seed=1), batch_size, seed=0, num_workers=0,
+                           device=torch.device("cpu"), **augment)
+    device = DeviceBatches(split, RepeatFactorSampler(factors, seed=1), batch_size, seed=0,
+                           device=torch.device("cpu"), **augment)
+    return split, loader, device
+
+
+@pytest.mark.parametrize("source", ["loader", "device"])
+def test_both_batch_sources_follow_the_oversampling_order(run_dir, source):
+    factors = np.where(np.arange(18) % 3 == 0, 2.6, 1.0)  # every third image is oversampled
+    split, loader, device = _sources(run_dir, factors, 4, hflip=0.0, vflip=0.0, rotate=0.0)
+    batches = {"loader": loader, "device": device}[source]
+    sampler = RepeatFactorSampler(factors, seed=1)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        order = sampler.epoch_indices()
+        masks = torch.cat([m for _, m in batches.epoch(epoch)])
+        assert len(masks) == len(order) // 4 * 4 == batches.steps(epoch) * 4
+        expected = torch.from_numpy(np.array(split.masks))[order[: len(masks)]].long()
+        assert torch.equal(masks, expected)
+    assert len(order) > 18  # images were repeated
+
+
+@pytest.mark.parametrize("source", ["loader", "device"])
+def test_an_epoch_resumed_mid_way_gives_the_same_batches(run_dir, source):
+    _, loader, device = _sources(run_dir, np.ones(18), 4, hflip=0.5, vflip=0.5, rotate=20.0)
+    batches = {"loader": loader, "device": device}[source]
+    whole = list(batches.epoch(3))
+    resumed = list(batches.epoch(3, start_step=2))
+    assert len(resumed) == len(whole) - 2
+    for (a_images, a_masks), (b_images, b_masks) in zip(whole[2:], resumed):
+        assert torch.equal(a_images, b_images) and torch.equal(a_masks, b_masks)
+
+
+def test_ranks_together_take_the_single_process_batch_of_each_step():
+    factors = np.where(np.arange(50) % 4 == 0, 3.0, 1.0)
+    single = RepeatFactorSampler(factors, seed=2).epoch_items()
+    ranks = [RepeatFactorSampler(factors, seed=2, num_replicas=2, rank=r).epoch_items() for r in (0, 1)]
+    batch, per_rank = 8, 4
+    for step in range(len(single) // batch):
+        together = ranks[0][step * per_rank : (step + 1) * per_rank] + ranks[1][step * per_rank : (step + 1) * per_rank]
+        assert sorted(together) == sorted(single[step * batch : (step + 1) * batch])
+
+
+@pytest.mark.parametrize("rule,batch,expected", [("sqrt", 16, 2e-4), ("linear", 16, 4e-4), ("none", 16, 1e-4),
+                                                 ("sqrt", 4, 1e-4), ("sqrt", 1, 5e-5)])
+def test_learning_rate_follows_the_batch_size(rule, batch, expected):
+    settings = TrainSettings("resnet50", "cross_entropy", "uniform", batch_size=batch, lr=1e-4, base_batch_size=4,
+                             lr_scaling=rule)
+    assert scaled_lr(settings) == pytest.approx(expected)
+
