@@ -274,7 +274,7 @@ def _start_wandb(settings: TrainSettings, run_name: str, variant: str, out_dir: 
                       config=dataclasses.asdict(settings), reinit="finish_previous")
 
 
-def _train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: torch.nn.Module,
+def train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: torch.nn.Module,
                 optimizer: torch.optim.Optimizer, aux_weight: float, device: torch.device) -> torch.Tensor:
     """One optimizer step; returns the detached loss, still on the device (nothing here waits for the GPU)."""
     if device.type == "cuda":
@@ -451,7 +451,7 @@ class _Run:
                 self._raise_if_nonfinite(nonfinite)
                 self.step = step
                 raise TrainingInterrupted()
-            loss = _train_step(ddp_model, images, masks, self.loss_fn, self.optimizer, s.aux_weight, self.device)
+            loss = train_step(ddp_model, images, masks, self.loss_fn, self.optimizer, s.aux_weight, self.device)
             nonfinite.record(loss, step)
             loss_sum += loss
             steps += 1

@@ -62,6 +62,11 @@ MASK_SHARDS = list(range(config["masks"]["shards"]))
 VARIANTS = expand_variants(config)
 
 
+def variant_cache(wildcards):
+    """The training cache at the variant's image size."""
+    return f"{RUN}/cache/{settings_for(config, wildcards.variant).image_size}px/cache.json"
+
+
 def train_settings(wildcards):
     """The variant's training settings, as a plain dict (Snakemake tracks params for reruns)."""
     return asdict(settings_for(config, wildcards.variant))

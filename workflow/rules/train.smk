@@ -21,10 +21,6 @@ rule cache:
         "../scripts/cache.py"
 
 
-def variant_cache(wildcards):
-    return f"{RUN}/cache/{settings_for(config, wildcards.variant).image_size}px/cache.json"
-
-
 rule train:
     input:
         manifest=rules.split.output.manifest,

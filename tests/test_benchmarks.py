@@ -1,0 +1,24 @@
+"""The benchmarks run end to end on the CPU (tiny sizes: a smoke test, not a measurement)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_bench_train_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--device", "cpu", "--size", "48",
+                    "--images", "20", "--steps", "1", "--warmup", "1", "--batch-size", "4", "--eval-batch-size", "8",
+                    "--study-divisor", "1", "--study-workers", "0", "--num-workers", "0", "--threads", "2",
+                    "--json", str(out)], check=True, cwd=tmp_path, timeout=600)
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("CPU") and result["size"] == 48
+    assert set(result["backbones"]) == {"mobilenet_v3_large", "resnet50"}
+    for paths in result["backbones"].values():
+        assert paths["cocoseg"]["data_path"] == "LoaderBatches"  # no CUDA: albumentations in the loader
+        for name in ("cocoseg", "study"):
+            assert paths[name]["train"]["images"] > 0 and paths[name]["train"]["images_per_s"] > 0
+            assert paths[name]["eval"]["images"] == result["images"]
+        assert paths["train_ratio"] == paths["cocoseg"]["train"]["images_per_s"] / paths["study"]["train"]["images_per_s"]
