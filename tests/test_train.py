@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import cocoseg.train as train_module
 from cocoseg.data.masks import build_masks
 from cocoseg.data.select import select_images
 from cocoseg.data.split import split_manifest
@@ -70,6 +71,31 @@ def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_pa
     b = pd.read_csv(tmp_path / "resumed" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
     pd.testing.assert_frame_equal(a, b)
     assert list(a["epoch"]) == [1, 2]
+
+
+@pytest.mark.parametrize("data_on_device", ["never", "always"])
+def test_resume_in_the_middle_of_an_epoch_is_exact(run_dir, tmp_path, monkeypatch, data_on_device):
+    run_training(run_dir, tmp_path / "straight", settings=settings(data_on_device=data_on_device, epochs=1))
+    real_step, calls = train_module.train_step, []
+
+    def step_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # seen before the third step
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", step_then_sigterm)
+    with pytest.raises(TrainingInterrupted):
+        run_training(run_dir, tmp_path / "resumed", settings=settings(data_on_device=data_on_device, epochs=1))
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 2
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    run_training(run_dir, tmp_path / "resumed", settings=settings(data_on_device=data_on_device, epochs=1))
+    straight, resumed = weights(tmp_path / "straight" / "best.pt"), weights(tmp_path / "resumed" / "best.pt")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
+    a = pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    b = pd.read_csv(tmp_path / "resumed" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    pd.testing.assert_frame_equal(a, b)  # the epoch's train loss counts the steps before the interruption
 
 
 def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):

@@ -385,6 +385,8 @@ class _Run:
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.best: dict[str, Any] = {"miou": -1.0, "epoch": -1}
         self.history: list[dict[str, Any]] = []
+        # An epoch interrupted part way: its loss sum, steps and seconds so far, for its row.
+        self.partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
         self.interrupted = False
 
     def _build_model(self) -> torch.nn.Module:
@@ -410,6 +412,7 @@ class _Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best, self.history, self.elapsed = state["best"], state["history"], state["elapsed"]
+        self.partial = state["partial"]
         _set_rng_state(state["rng"])
         log.info("resuming %s from %s: epoch %d, step %d", self.variant, self.last_path, self.epoch + 1, self.step)
 
@@ -417,7 +420,7 @@ class _Run:
         if self.ranks.main:
             save_checkpoint(self.last_path, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                             scheduler=self.scheduler.state_dict(), epoch=self.epoch, step=self.step, best=self.best,
-                            history=self.history, elapsed=self.elapsed, rng=_rng_state(),
+                            history=self.history, elapsed=self.elapsed, partial=self.partial, rng=_rng_state(),
                             fingerprint=self.fingerprint, settings=dataclasses.asdict(self.settings),
                             classes=self.classes, variant=self.variant)
 
@@ -441,7 +444,8 @@ class _Run:
         """One epoch from ``self.step`` on; returns the mean train loss and the images seen (all ranks)."""
         s = self.settings
         ddp_model.train()
-        loss_sum, steps = torch.zeros((), device=self.device), 0
+        loss_sum = torch.full((), self.partial["loss"], device=self.device)
+        steps = self.partial["steps"]
         nonfinite = NonFiniteLoss(self.device)
         total = self.batches.steps(self.epoch) - self.step
         bar = tqdm(self.batches.epoch(self.epoch, self.step), total=total, disable=not self.ranks.main,
@@ -449,7 +453,8 @@ class _Run:
         for step, (images, masks) in enumerate(bar, start=self.step):
             if self._stop_requested(step):
                 self._raise_if_nonfinite(nonfinite)
-                self.step = step
+                self.step, self.partial = step, {"loss": float(loss_sum), "steps": steps,
+                                                 "seconds": self.partial["seconds"]}
                 raise TrainingInterrupted()
             loss = train_step(ddp_model, images, masks, self.loss_fn, self.optimizer, s.aux_weight, self.device)
             nonfinite.record(loss, step)
@@ -522,13 +527,16 @@ class _Run:
                     train_loss, seen = self.train_epoch(model)
                 except TrainingInterrupted:
                     self.elapsed += time.perf_counter() - started
+                    self.partial["seconds"] += time.perf_counter() - started
                     self.checkpoint()
                     log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", self.last_path, self.epoch + 1,
                                 self.step)
                     raise
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                self.end_epoch(train_loss, seen, time.perf_counter() - started, started, wandb_run)
+                train_seconds = time.perf_counter() - started + self.partial["seconds"]
+                self.partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
+                self.end_epoch(train_loss, seen, train_seconds, started, wandb_run)
                 if on_epoch_end is not None:
                     on_epoch_end(self.epoch - 1)
         finally:
