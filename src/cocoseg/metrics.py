@@ -9,16 +9,21 @@ from cocoseg.coco import IGNORE_LABEL
 
 
 class ConfusionMatrix:
-    """Accumulates on the tensors' device with bincount; pixels labelled 255 are left out."""
+    """Accumulates on the tensors' device with bincount; pixels labelled 255 are left out.
+
+    Ignored pixels go to one extra bin rather than being masked out: boolean indexing would make
+    the host wait for the GPU. (CUDA's bincount still reads the largest value once per update.)
+    """
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.num_classes = num_classes
         self.matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        valid = target != IGNORE_LABEL
-        index = target[valid].long() * self.num_classes + prediction[valid].long()
-        self.matrix += torch.bincount(index, minlength=self.num_classes**2)
+        bins = self.num_classes**2
+        index = target.long() * self.num_classes + prediction.long()
+        index = torch.where(target == IGNORE_LABEL, bins, index).flatten()
+        self.matrix += torch.bincount(index, minlength=bins + 1)[:bins]
 
     def numpy(self) -> np.ndarray:
         return self.matrix.view(self.num_classes, self.num_classes).cpu().numpy()
