@@ -21,4 +21,5 @@ def test_bench_train_smoke(tmp_path):
         for name in ("cocoseg", "study"):
             assert paths[name]["train"]["images"] > 0 and paths[name]["train"]["images_per_s"] > 0
             assert paths[name]["eval"]["images"] == result["images"]
-        assert paths["train_ratio"] == paths["cocoseg"]["train"]["images_per_s"] / paths["study"]["train"]["images_per_s"]
+        ours, study = paths["cocoseg"]["train"]["images_per_s"], paths["study"]["train"]["images_per_s"]
+        assert paths["train_ratio"] == ours / study

@@ -117,7 +117,8 @@ def test_nan_loss_stops_with_epoch_and_step(run_dir, tmp_path, monkeypatch):
             return logits.mean() * (float("nan") if self.calls == 2 else 1.0)
 
     monkeypatch.setattr("cocoseg.train.build_loss", lambda *args, **kwargs: NanOnSecondStep())
-    with pytest.raises(FloatingPointError, match=r"v: loss is nan at epoch 1, step 2; lower train.lr"):
+    with pytest.raises(FloatingPointError, match=r"v: loss is nan at epoch 1, step 2; lower train.lr "
+                                                 r"\(now 0.001\) or check the data of that step's images \[\d+, "):
         run_training(run_dir, tmp_path, settings=settings(epochs=1))
 
 

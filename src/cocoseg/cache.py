@@ -57,24 +57,26 @@ def split_paths(cache_dir: str | Path, split: str) -> tuple[Path, Path]:
     return Path(cache_dir) / f"{split}_images.npy", Path(cache_dir) / f"{split}_masks.npy"
 
 
+def _fill(rows: pd.DataFrame, run_dir: Path, images: np.ndarray, masks: np.ndarray, size: int, threads: int,
+          desc: str) -> None:
+    def load(index: int) -> None:
+        row = rows.iloc[index]
+        images[index] = resize_image(read_rgb(row["image_path"]), size)
+        masks[index] = resize_mask(read_mask(run_dir / row["mask_path"]), size)
+
+    # PIL's decoder and cv2.resize release the GIL: threads decode in parallel.
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        list(tqdm(pool.map(load, range(len(rows))), total=len(rows), desc=desc, unit="img", mininterval=2))
+
+
 def _write_split(rows: pd.DataFrame, run_dir: Path, cache_dir: Path, split: str, size: int, threads: int) -> None:
     images_path, masks_path = split_paths(cache_dir, split)
     with atomic_path(images_path) as images_tmp, atomic_path(masks_path) as masks_tmp:
         images = np.lib.format.open_memmap(images_tmp, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3))
         masks = np.lib.format.open_memmap(masks_tmp, mode="w+", dtype=np.uint8, shape=(len(rows), size, size))
-
-        def load(index: int) -> None:
-            row = rows.iloc[index]
-            images[index] = resize_image(read_rgb(row["image_path"]), size)
-            masks[index] = resize_mask(read_mask(run_dir / row["mask_path"]), size)
-
-        # PIL's decoder and cv2.resize release the GIL: threads decode in parallel.
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            list(tqdm(pool.map(load, range(len(rows))), total=len(rows), desc=f"cache {split} {size}px",
-                      unit="img", mininterval=2))
+        _fill(rows, run_dir, images, masks, size, threads, f"cache {split} {size}px")
         images.flush()
         masks.flush()
-        del images, masks
 
 
 def build_cache(manifest_path: str | Path, run_dir: str | Path, cache_dir: str | Path, image_size: int,

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from cocoseg.batches import Batch, DeviceBatches, as_tensors, eval_batches, train_batches
-from cocoseg.cache import ensure_cache, load_split
+from cocoseg.cache import CachedSplit, ensure_cache, load_split
 from cocoseg.io import atomic_path, write_csv
 from cocoseg.logs import configure as configure_logging
 from cocoseg.losses import build_loss, class_weights
@@ -188,13 +188,6 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     return torch.load(path, map_location=device, weights_only=True)
 
 
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model itself, under DistributedDataParallel or torch.compile wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
 
 
 def validate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int,
@@ -352,17 +345,7 @@ class _Run:
             torch.cuda.set_device(device)
             torch.backends.cudnn.benchmark = True
 
-        if self.ranks.main:
-            ensure_cache(manifest_path, run_dir, cache_dir, settings.image_size, threads or 1)
-        if self.ranks.world_size > 1:
-            dist.barrier()
-        train_split = load_split(cache_dir, "train", manifest_path, settings.image_size)
-        val_split = load_split(cache_dir, "val", manifest_path, settings.image_size)
-        manifest = pd.read_csv(manifest_path)
-        self.train_rows = manifest[manifest["split"] == "train"].reset_index(drop=True)
-        if list(self.train_rows["image_id"]) != train_split.image_ids:
-            raise RuntimeError(f"{cache_dir} does not hold the train split of {manifest_path} in order; delete it")
-
+        train_split, val_split = self._load_cache(manifest_path, run_dir, cache_dir, threads)
         self.model = self._build_model()
         self.loss_fn = _loss(self.train_rows, classes, settings, out_dir if self.ranks.main else None, device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=scaled_lr(settings),
@@ -388,6 +371,21 @@ class _Run:
         # An epoch interrupted part way: its loss sum, steps and seconds so far, for its row.
         self.partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
         self.interrupted = False
+
+    def _load_cache(self, manifest_path: Path, run_dir: Path, cache_dir: Path,
+                    threads: int | None) -> tuple[CachedSplit, CachedSplit]:
+        """The cached train and val splits (rank 0 builds a missing cache); sets ``train_rows``."""
+        size = self.settings.image_size
+        if self.ranks.main:
+            ensure_cache(manifest_path, run_dir, cache_dir, size, threads or 1)
+        if self.ranks.world_size > 1:
+            dist.barrier()
+        manifest = pd.read_csv(manifest_path)
+        self.train_rows = manifest[manifest["split"] == "train"].reset_index(drop=True)
+        train_split = load_split(cache_dir, "train", manifest_path, size)
+        if list(self.train_rows["image_id"]) != train_split.image_ids:
+            raise RuntimeError(f"{cache_dir} does not hold the train split of {manifest_path} in order; delete it")
+        return train_split, load_split(cache_dir, "val", manifest_path, size)
 
     def _build_model(self) -> torch.nn.Module:
         s, device = self.settings, self.device
@@ -436,9 +434,12 @@ class _Run:
     def _raise_if_nonfinite(self, nonfinite: NonFiniteLoss) -> None:
         step, value = nonfinite.first(self.ranks)
         if step:
+            size = self.rank_batch_size
+            indices = self.batches.sampler.epoch_indices()[(step - 1) * size : step * size]
             raise FloatingPointError(
                 f"{self.variant}: loss is {value} at epoch {self.epoch + 1}, step {step}; lower train.lr "
-                f"(now {scaled_lr(self.settings)}) or look at the images of that step in the train split")
+                f"(now {scaled_lr(self.settings)}) or check the data of that step's images "
+                f"{self.train_rows['image_id'].iloc[indices].tolist()}")
 
     def train_epoch(self, ddp_model: torch.nn.Module) -> tuple[float, int]:
         """One epoch from ``self.step`` on; returns the mean train loss and the images seen (all ranks)."""
