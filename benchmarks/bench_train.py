@@ -200,6 +200,20 @@ def bench_study(backbone: str, rows: pd.DataFrame, run_dir: Path, args: argparse
             "data_path": f"JPEG decode + albumentations, {args.study_workers} DataLoader workers"}
 
 
+def study_hours(paths: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
+    """Hours for one backbone's variants of the study grid, from the measured rates (pure arithmetic).
+
+    Each variant: ``--study-epochs`` epochs of ``--study-train`` training images and a validation
+    pass over ``--study-val`` images. Oversampling lengthens its epochs by the mean repeat factor,
+    which this leaves out (uniform epochs); data preparation and the test evaluation are left out too.
+    """
+    def hours(path: dict[str, Any]) -> float:
+        epoch = args.study_train / path["train"]["images_per_s"] + args.study_val / path["eval"]["images_per_s"]
+        return args.study_variants * args.study_epochs * epoch / 3600
+
+    return {"cocoseg": hours(paths["cocoseg"]), "study": hours(paths["study"])}
+
+
 def table(results: dict[str, Any]) -> str:
     lines = [f"{'backbone':<20}{'path':<9}{'train img/s':>12}{'eval img/s':>12}{'peak GiB':>10}"]
     for backbone, paths in results["backbones"].items():
@@ -229,6 +243,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-on-device", choices=["auto", "always", "never"], default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the project's model")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--study-train", type=int, default=6400, help="train images of the full study")
+    parser.add_argument("--study-val", type=int, default=800, help="val images of the full study")
+    parser.add_argument("--study-epochs", type=int, default=30)
+    parser.add_argument("--study-variants", type=int, default=6, help="variants per backbone in the study grid")
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args()
 
@@ -256,11 +274,17 @@ def main() -> None:
                 "train_ratio": ours["train"]["images_per_s"] / study["train"]["images_per_s"],
                 "eval_ratio": ours["eval"]["images_per_s"] / study["eval"]["images_per_s"],
                 "eval_over_train": ours["eval"]["images_per_s"] / ours["train"]["images_per_s"]}
+            results["backbones"][backbone]["grid_hours"] = study_hours(results["backbones"][backbone], args)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print(f"{name}, torch {torch.__version__}, {args.size}x{args.size}, {results['images']} images, "
           f"project batch {args.batch_size}, study batch 4")
     print(table(results))
+    total = {path: sum(b["grid_hours"][path] for b in results["backbones"].values()) for path in ("cocoseg", "study")}
+    results["grid_hours"] = total
+    print(f"extrapolated grid ({args.study_variants} variants per backbone, {args.study_epochs} epochs of "
+          f"{args.study_train} train + {args.study_val} val images, uniform epochs): "
+          f"{total['cocoseg']:.2f} h with cocoseg, {total['study']:.1f} h with the study loop")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

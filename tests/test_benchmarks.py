@@ -23,3 +23,5 @@ def test_bench_train_smoke(tmp_path):
             assert paths[name]["eval"]["images"] == result["images"]
         ours, study = paths["cocoseg"]["train"]["images_per_s"], paths["study"]["train"]["images_per_s"]
         assert paths["train_ratio"] == ours / study
+        assert paths["grid_hours"]["cocoseg"] > 0 and paths["grid_hours"]["study"] > 0
+    assert result["grid_hours"]["cocoseg"] == sum(b["grid_hours"]["cocoseg"] for b in result["backbones"].values())
