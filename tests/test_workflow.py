@@ -37,7 +37,7 @@ def test_dry_run_plans_the_demo(tmp_path):
     assert "rule synth:" in out or "synth " in out
 
 
-@pytest.mark.parametrize("config", ["config/config.yaml", "config/demo.yaml"])
+@pytest.mark.parametrize("config", ["config/config.yaml", "config/demo.yaml", "config/synthetic-study.yaml"])
 def test_lint_is_clean(config):
     result = snakemake("--lint", "--configfile", str(REPO / config))
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
