@@ -108,10 +108,10 @@ def project_model(backbone: str, device: torch.device, compile_model: bool) -> t
 
 
 def bench_project(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path, args: argparse.Namespace,
-                  device: torch.device) -> dict[str, Any]:
+                  device: torch.device, batch_size: int) -> dict[str, Any]:
     split = load_split(cache, "train", manifest, args.size)
     sampler = RepeatFactorSampler(np.ones(len(rows)), seed=0)
-    batches = train_batches(split, sampler, args.batch_size, 0.5, 0.5, 15.0, 0, args.num_workers, device,
+    batches = train_batches(split, sampler, batch_size, 0.5, 0.5, 15.0, 0, args.num_workers, device,
                             args.data_on_device)
     model, optimizer = project_model(backbone, device, args.compile)
     loss_fn = build_loss("cross_entropy").to(device)
@@ -121,10 +121,10 @@ def bench_project(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path
         total = torch.zeros((), device=device)
         for images, masks in repeat(batches.epoch, count):
             total += train_step(model, images, masks, loss_fn, optimizer, 0.0, device)
-        return count * args.batch_size
+        return count * batch_size
 
     steps(args.warmup)
-    result = {"train": measure(lambda: steps(args.steps), device),
+    result = {"batch_size": batch_size, "train": measure(lambda: steps(args.steps), device),
               "data_path": type(batches).__name__}
     images, masks = as_tensors(split, device if result["data_path"] == "DeviceBatches" else "cpu")
     validate(model, images[: args.eval_batch_size], masks[: args.eval_batch_size], NUM_CLASSES,
@@ -136,6 +136,21 @@ def bench_project(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path
 
     result["eval"] = measure(evaluate, device)
     return result
+
+
+def bench_project_fitting(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path, args: argparse.Namespace,
+                          device: torch.device) -> dict[str, Any]:
+    """``bench_project`` at ``--batch-size``, halved until the GPU memory holds it."""
+    batch_size = args.batch_size
+    while True:
+        try:
+            return bench_project(backbone, rows, cache, manifest, args, device, batch_size)
+        except torch.OutOfMemoryError:
+            if batch_size <= 4:
+                raise
+            batch_size //= 2
+            torch.cuda.empty_cache()
+            print(f"{backbone}: out of GPU memory; trying batch {batch_size}")
 
 
 class StudyDataset(Dataset):
@@ -196,7 +211,8 @@ def bench_study(backbone: str, rows: pd.DataFrame, run_dir: Path, args: argparse
 
     steps(max(1, args.warmup // 2))
     study_steps = max(1, args.steps * args.batch_size // batch // args.study_divisor)
-    return {"train": measure(lambda: steps(study_steps), device), "eval": measure(evaluate, device),
+    return {"batch_size": batch, "train": measure(lambda: steps(study_steps), device),
+            "eval": measure(evaluate, device),
             "data_path": f"JPEG decode + albumentations, {args.study_workers} DataLoader workers"}
 
 
@@ -215,13 +231,13 @@ def study_hours(paths: dict[str, Any], args: argparse.Namespace) -> dict[str, fl
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'backbone':<20}{'path':<9}{'train img/s':>12}{'eval img/s':>12}{'peak GiB':>10}"]
+    lines = [f"{'backbone':<20}{'path':<9}{'batch':>6}{'train img/s':>12}{'eval img/s':>12}{'peak GiB':>10}"]
     for backbone, paths in results["backbones"].items():
         for name in ("study", "cocoseg"):
             r = paths[name]
-            lines.append(f"{backbone:<20}{name:<9}{r['train']['images_per_s']:>12.1f}{r['eval']['images_per_s']:>12.1f}"
-                         f"{r['train']['peak_gib']:>10.2f}")
-        lines.append(f"{'':<20}{'ratio':<9}{paths['train_ratio']:>11.1f}x{paths['eval_ratio']:>11.1f}x"
+            lines.append(f"{backbone:<20}{name:<9}{r['batch_size']:>6}{r['train']['images_per_s']:>12.1f}"
+                         f"{r['eval']['images_per_s']:>12.1f}{r['train']['peak_gib']:>10.2f}")
+        lines.append(f"{'':<20}{'ratio':<15}{paths['train_ratio']:>11.1f}x{paths['eval_ratio']:>11.1f}x"
                      f"   eval/train {paths['eval_over_train']:.1f}x")
     return "\n".join(lines)
 
@@ -234,9 +250,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=1024, help="synthetic 640x480 images to generate")
     parser.add_argument("--batch-size", type=int, default=128, help="the project path's batch size")
     parser.add_argument("--eval-batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=40, help="timed steps of the project path")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--study-divisor", type=int, default=8,
+    parser.add_argument("--steps", type=int, default=100, help="timed steps of the project path")
+    parser.add_argument("--warmup", type=int, default=15)
+    parser.add_argument("--study-divisor", type=int, default=20,
                         help="the study loop runs steps*batch_size/4/divisor steps (it is that much slower)")
     parser.add_argument("--study-workers", type=int, default=2)
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers when the data stays on the host")
@@ -267,7 +283,7 @@ def main() -> None:
         manifest = run_dir / "data" / "manifest.csv"
         for backbone in args.backbones:
             torch.manual_seed(0)
-            ours = bench_project(backbone, rows, Path(tmp) / "cache", manifest, args, device)
+            ours = bench_project_fitting(backbone, rows, Path(tmp) / "cache", manifest, args, device)
             study = bench_study(backbone, rows, run_dir, args, device)
             results["backbones"][backbone] = {
                 "cocoseg": ours, "study": study,
