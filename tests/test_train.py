@@ -102,7 +102,7 @@ def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):
     summary = run_training(run_dir, tmp_path, settings=settings(epochs=1, loss="weighted_cross_entropy"))
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "best", "history"} <= set(last)
-    assert summary["best_epoch"] == 1 and summary["device"] == "cpu"
+    assert summary["best_epoch"] == 1 and summary["device"] == "cpu" and summary["data_path"] == "DataLoader"
     weights_table = pd.read_csv(tmp_path / "class_weights.csv")
     assert list(weights_table["class"]) == ["background", *CLASSES]
     assert weights_table["weight"].iloc[0] < weights_table["weight"].iloc[1:].min()  # background is the most frequent

@@ -309,23 +309,6 @@ def _epoch_row(epoch: int, lr: float, train_loss: float, val: dict[str, Any], cl
             "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
 
-def _finish(out_dir: Path, history: list[dict[str, Any]], best: dict[str, Any], settings: TrainSettings,
-            elapsed: float, device: torch.device, variant: str, best_path: Path, ranks: Ranks) -> dict[str, Any]:
-    """training.json, the final metrics.csv, and best.pt copied out of checkpoints/."""
-    frame = pd.DataFrame(history)
-    summary = {"variant": variant, "best_epoch": best["epoch"], "best_val_miou": best["miou"],
-               "epochs": settings.epochs, "train_seconds": float(frame["seconds"].sum()),
-               "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
-               "wall_seconds": elapsed, "device": str(device), "world_size": ranks.world_size,
-               "lr": scaled_lr(settings), "settings": dataclasses.asdict(settings)}
-    with atomic_path(out_dir / "training.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    write_csv(frame, out_dir / "metrics.csv")
-    with atomic_path(out_dir / "best.pt") as tmp:
-        shutil.copyfile(best_path, tmp)
-    return summary
-
-
 class _Run:
     """One variant's training: the model, optimizer, data and bookkeeping, and the epoch loop."""
 
@@ -545,10 +528,23 @@ class _Run:
             if wandb_run is not None:
                 wandb_run.finish()
         self._check_ranks_agree()
-        if not self.ranks.main:
-            return {}
-        return _finish(self.out_dir, self.history, self.best, self.settings, self.elapsed, self.device, self.variant,
-                       self.best_path, self.ranks)
+        return self.finish() if self.ranks.main else {}
+
+    def finish(self) -> dict[str, Any]:
+        """training.json, the final metrics.csv, and best.pt copied out of checkpoints/."""
+        frame = pd.DataFrame(self.history)
+        summary = {"variant": self.variant, "best_epoch": self.best["epoch"], "best_val_miou": self.best["miou"],
+                   "epochs": self.settings.epochs, "train_seconds": float(frame["seconds"].sum()),
+                   "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
+                   "wall_seconds": self.elapsed, "device": str(self.device), "world_size": self.ranks.world_size,
+                   "data_path": "device" if isinstance(self.batches, DeviceBatches) else "DataLoader",
+                   "lr": scaled_lr(self.settings), "settings": dataclasses.asdict(self.settings)}
+        with atomic_path(self.out_dir / "training.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+        write_csv(frame, self.out_dir / "metrics.csv")
+        with atomic_path(self.out_dir / "best.pt") as tmp:
+            shutil.copyfile(self.best_path, tmp)
+        return summary
 
 
 def train(
