@@ -16,7 +16,6 @@ DistributedDataParallel, validation confusion matrices are summed over ranks, an
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -39,7 +38,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from cocoseg.batches import Batch, DeviceBatches, as_tensors, eval_batches, train_batches
-from cocoseg.cache import CachedSplit, ensure_cache, load_split
+from cocoseg.cache import CachedSplit, ensure_cache, load_split, manifest_sha256
 from cocoseg.io import atomic_path, write_csv
 from cocoseg.logs import configure as configure_logging
 from cocoseg.losses import build_loss, class_weights
@@ -175,8 +174,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def run_fingerprint(settings: TrainSettings, manifest_path: str | Path, classes: list[str]) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the settings that shape the result, and the data."""
     computed = {k: v for k, v in dataclasses.asdict(settings).items() if k not in EXECUTION_SETTINGS}
-    digest = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
-    return {"settings": computed, "manifest_sha256": digest, "classes": list(classes)}
+    return {"settings": computed, "manifest_sha256": manifest_sha256(manifest_path), "classes": list(classes)}
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
@@ -186,8 +184,6 @@ def save_checkpoint(path: Path, **state: Any) -> None:
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=True)
-
-
 
 
 def validate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int,
@@ -268,7 +264,7 @@ def _start_wandb(settings: TrainSettings, run_name: str, variant: str, out_dir: 
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: torch.nn.Module,
-                optimizer: torch.optim.Optimizer, aux_weight: float, device: torch.device) -> torch.Tensor:
+               optimizer: torch.optim.Optimizer, aux_weight: float, device: torch.device) -> torch.Tensor:
     """One optimizer step; returns the detached loss, still on the device (nothing here waits for the GPU)."""
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
