@@ -32,6 +32,22 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
                            images_dir=images_dir, annotations=annotations)
 
 
+@pytest.fixture(scope="session")
+def run_dir(synthetic: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder of 30 of the synthetic images: selected, masked, split 0.6 / 0.2 / 0.2 (data/manifest.csv)."""
+    from cocoseg.data.masks import build_masks
+    from cocoseg.data.select import select_images
+    from cocoseg.data.split import split_manifest
+
+    run = tmp_path_factory.mktemp("run")
+    data = run / "data"
+    select_images(synthetic.annotations, synthetic.images_dir, CLASSES, data, max_images=30, seed=0)
+    build_masks(data / "instances.json", data / "masks", data / "counts.csv")
+    split_manifest(data / "selected.csv", [data / "counts.csv"], CLASSES, data / "manifest.csv", data / "splits.csv",
+                   {"train": 0.6, "val": 0.2, "test": 0.2}, images_dir=synthetic.images_dir)
+    return run
+
+
 class _Named(list):
     """A list whose items are also attributes, like Snakemake's input/output/params."""
 

@@ -9,33 +9,24 @@ import torch
 
 from cocoseg.batches import DeviceBatches, LoaderBatches
 from cocoseg.cache import StaleCacheError, build_cache, ensure_cache, load_split
-from cocoseg.data.masks import build_masks
-from cocoseg.data.select import select_images
-from cocoseg.data.split import split_manifest
 from cocoseg.datasets import eval_transform, read_mask, read_rgb
 from cocoseg.sampling import RepeatFactorSampler
 from cocoseg.train import TrainSettings, scaled_lr
-from conftest import CLASSES
 
 SIZE = 40
 
 
 @pytest.fixture(scope="module")
-def run_dir(synthetic, tmp_path_factory):
-    run = tmp_path_factory.mktemp("cache_run")
-    data = run / "data"
-    select_images(synthetic.annotations, synthetic.images_dir, CLASSES, data, max_images=30, seed=0)
-    build_masks(data / "instances.json", data / "masks", data / "counts.csv")
-    split_manifest(data / "selected.csv", [data / "counts.csv"], CLASSES, data / "manifest.csv", data / "splits.csv",
-                   {"train": 0.6, "val": 0.2, "test": 0.2}, images_dir=synthetic.images_dir)
-    build_cache(data / "manifest.csv", run, run / "cache", SIZE, threads=2)
-    return run
+def cache_dir(run_dir):
+    cache = run_dir / "cache" / "test"
+    build_cache(run_dir / "data" / "manifest.csv", run_dir, cache, SIZE, threads=2)
+    return cache
 
 
-def test_cache_holds_each_split_resized_as_evaluation_resizes(run_dir):
+def test_cache_holds_each_split_resized_as_evaluation_resizes(run_dir, cache_dir):
     manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
     for split in ("train", "val"):
-        cached = load_split(run_dir / "cache", split, run_dir / "data" / "manifest.csv", SIZE)
+        cached = load_split(cache_dir, split, run_dir / "data" / "manifest.csv", SIZE)
         rows = manifest[manifest["split"] == split]
         assert cached.image_ids == rows["image_id"].tolist()
         assert cached.images.shape == (len(rows), SIZE, SIZE, 3) and cached.images.dtype == np.uint8
@@ -47,16 +38,16 @@ def test_cache_holds_each_split_resized_as_evaluation_resizes(run_dir):
             assert set(np.unique(cached.masks[i])) <= set(np.unique(mask))
 
 
-def test_a_cache_of_another_size_or_manifest_is_refused_and_rebuilt(run_dir, tmp_path):
+def test_a_cache_of_another_size_or_manifest_is_refused_and_rebuilt(run_dir, cache_dir, tmp_path):
     manifest = run_dir / "data" / "manifest.csv"
     with pytest.raises(StaleCacheError, match=r"holds 40 px images, not 32 px; rebuild it: python -m cocoseg cache"):
-        load_split(run_dir / "cache", "train", manifest, 32)
+        load_split(cache_dir, "train", manifest, 32)
     changed = tmp_path / "manifest.csv"
     frame = pd.read_csv(manifest)
     frame.loc[frame.index[0], "split"] = "val" if frame.loc[frame.index[0], "split"] == "train" else "train"
     frame.to_csv(changed, index=False)
     with pytest.raises(StaleCacheError, match="built from another version of"):
-        load_split(run_dir / "cache", "train", changed, SIZE)
+        load_split(cache_dir, "train", changed, SIZE)
     copy = tmp_path / "cache"
     build_cache(manifest, run_dir, copy, SIZE)
     ensure_cache(changed, run_dir, copy, SIZE)  # rebuilds for the changed manifest
@@ -64,8 +55,8 @@ def test_a_cache_of_another_size_or_manifest_is_refused_and_rebuilt(run_dir, tmp
         frame.loc[frame["split"] == "val", "image_id"].tolist()
 
 
-def _sources(run_dir, factors, batch_size, **augment):
-    split = load_split(run_dir / "cache", "train", run_dir / "data" / "manifest.csv", SIZE)
+def _sources(run_dir, cache_dir, factors, batch_size, **augment):
+    split = load_split(cache_dir, "train", run_dir / "data" / "manifest.csv", SIZE)
     loader = LoaderBatches(split, RepeatFactorSampler(factors, seed=1), batch_size, seed=0, num_workers=0,
                            device=torch.device("cpu"), **augment)
     device = DeviceBatches(split, RepeatFactorSampler(factors, seed=1), batch_size, seed=0,
@@ -74,9 +65,9 @@ def _sources(run_dir, factors, batch_size, **augment):
 
 
 @pytest.mark.parametrize("source", ["loader", "device"])
-def test_both_batch_sources_follow_the_oversampling_order(run_dir, source):
+def test_both_batch_sources_follow_the_oversampling_order(run_dir, cache_dir, source):
     factors = np.where(np.arange(18) % 3 == 0, 2.6, 1.0)  # every third image is oversampled
-    split, loader, device = _sources(run_dir, factors, 4, hflip=0.0, vflip=0.0, rotate=0.0)
+    split, loader, device = _sources(run_dir, cache_dir, factors, 4, hflip=0.0, vflip=0.0, rotate=0.0)
     batches = {"loader": loader, "device": device}[source]
     sampler = RepeatFactorSampler(factors, seed=1)
     for epoch in (0, 1):
@@ -90,8 +81,8 @@ def test_both_batch_sources_follow_the_oversampling_order(run_dir, source):
 
 
 @pytest.mark.parametrize("source", ["loader", "device"])
-def test_an_epoch_resumed_mid_way_gives_the_same_batches(run_dir, source):
-    _, loader, device = _sources(run_dir, np.ones(18), 4, hflip=0.5, vflip=0.5, rotate=20.0)
+def test_an_epoch_resumed_mid_way_gives_the_same_batches(run_dir, cache_dir, source):
+    _, loader, device = _sources(run_dir, cache_dir, np.ones(18), 4, hflip=0.5, vflip=0.5, rotate=20.0)
     batches = {"loader": loader, "device": device}[source]
     whole = list(batches.epoch(3))
     resumed = list(batches.epoch(3, start_step=2))

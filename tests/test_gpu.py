@@ -12,7 +12,7 @@ import torch
 from cocoseg.augment import augment_batch, warp_batch
 from cocoseg.metrics import ConfusionMatrix
 from test_augment import as_batch, scenes
-from test_train import run_dir, run_training, settings, weights  # noqa: F401 (run_dir: a fixture)
+from test_train import run_training, settings, weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -44,7 +44,7 @@ def test_confusion_matrix_on_the_gpu_equals_the_cpu():
     np.testing.assert_array_equal(gpu.numpy(), cpu.numpy())
 
 
-def test_training_on_the_gpu_keeps_the_split_there_and_repeats(run_dir, tmp_path):  # noqa: F811
+def test_training_on_the_gpu_keeps_the_split_there_and_repeats(run_dir, tmp_path):
     summary = run_training(run_dir, tmp_path / "a", settings=settings(device="cuda", epochs=2))
     assert summary["device"].startswith("cuda") and summary["data_path"] == "device"
     assert np.isfinite(pd.read_csv(tmp_path / "a" / "metrics.csv")["train_loss"]).all()

@@ -10,25 +10,11 @@ import pytest
 import torch
 
 import cocoseg.train as train_module
-from cocoseg.data.masks import build_masks
-from cocoseg.data.select import select_images
-from cocoseg.data.split import split_manifest
 from cocoseg.evaluate import evaluate
 from cocoseg.predict import predict
 from cocoseg.models import build_model
 from cocoseg.train import TIMING_COLUMNS, TrainingInterrupted, TrainSettings, load_checkpoint, train, train_distributed
 from conftest import CLASSES
-
-
-@pytest.fixture(scope="module")
-def run_dir(synthetic, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    data = run / "data"
-    select_images(synthetic.annotations, synthetic.images_dir, CLASSES, data, max_images=30, seed=0)
-    build_masks(data / "instances.json", data / "masks", data / "counts.csv")
-    split_manifest(data / "selected.csv", [data / "counts.csv"], CLASSES, data / "manifest.csv", data / "splits.csv",
-                   {"train": 0.6, "val": 0.2, "test": 0.2}, images_dir=synthetic.images_dir)
-    return run
 
 
 def settings(**changes):

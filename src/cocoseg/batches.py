@@ -36,15 +36,23 @@ def step_seed(seed: int, epoch: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1)[0])
 
 
-class LoaderBatches:
-    def __init__(self, split: CachedSplit, sampler: RepeatFactorSampler, batch_size: int, hflip: float,
-                 vflip: float, rotate: float, seed: int, num_workers: int, device: torch.device) -> None:
-        self.dataset = CachedTrainDataset(split.images, split.masks, train_transform(hflip, vflip, rotate), seed)
-        self.sampler, self.batch_size, self.num_workers, self.device = sampler, batch_size, num_workers, device
+class _EpochBatches:
+    """Whole batches of the sampler's epoch order."""
+
+    def __init__(self, sampler: RepeatFactorSampler, batch_size: int, device: torch.device) -> None:
+        self.sampler, self.batch_size, self.device = sampler, batch_size, device
 
     def steps(self, epoch: int) -> int:
         self.sampler.set_epoch(epoch)
         return len(self.sampler.epoch_items()) // self.batch_size
+
+
+class LoaderBatches(_EpochBatches):
+    def __init__(self, split: CachedSplit, sampler: RepeatFactorSampler, batch_size: int, hflip: float,
+                 vflip: float, rotate: float, seed: int, num_workers: int, device: torch.device) -> None:
+        super().__init__(sampler, batch_size, device)
+        self.dataset = CachedTrainDataset(split.images, split.masks, train_transform(hflip, vflip, rotate), seed)
+        self.num_workers = num_workers
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         self.sampler.set_epoch(epoch)
@@ -58,17 +66,13 @@ class LoaderBatches:
                    batch["mask"].to(self.device, non_blocking=True))
 
 
-class DeviceBatches:
+class DeviceBatches(_EpochBatches):
     def __init__(self, split: CachedSplit, sampler: RepeatFactorSampler, batch_size: int, hflip: float,
                  vflip: float, rotate: float, seed: int, device: torch.device) -> None:
+        super().__init__(sampler, batch_size, device)
         # N x S x S x 3 on the device; a batch permuted to N x 3 x S x S is already channels-last.
         self.images, self.masks = as_tensors(split, device)
-        self.sampler, self.batch_size, self.device = sampler, batch_size, device
         self.hflip, self.vflip, self.rotate, self.seed = hflip, vflip, rotate, seed
-
-    def steps(self, epoch: int) -> int:
-        self.sampler.set_epoch(epoch)
-        return len(self.sampler.epoch_items()) // self.batch_size
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         self.sampler.set_epoch(epoch)
