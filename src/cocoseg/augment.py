@@ -11,6 +11,7 @@ of the input mask or the ignore label.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -20,10 +21,17 @@ from cocoseg.coco import IGNORE_LABEL
 from cocoseg.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 
+@functools.cache
+def _imagenet_statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std on ``device``, made once: a copy from host memory every step would make the host wait."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return mean.to(device), std.to(device)
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """N x 3 x H x W raw 0..255 values (uint8 or float) to ImageNet-normalized float32."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _imagenet_statistics(images.device)
     return (images.float() - mean) / std
 
 
