@@ -55,6 +55,30 @@ def test_a_cache_of_another_size_or_manifest_is_refused_and_rebuilt(run_dir, cac
         frame.loc[frame["split"] == "val", "image_id"].tolist()
 
 
+def test_a_build_that_fails_part_way_leaves_no_cache_file(run_dir, cache_dir, tmp_path, monkeypatch):
+    """All or nothing, and the temporary files a killed build left are removed by the next."""
+    import cocoseg.cache as cache_module
+
+    manifest, target = run_dir / "data" / "manifest.csv", tmp_path / "cache"
+    target.mkdir()
+    (target / ".train_images.npy.killed.tmp").write_bytes(b"left by a SIGKILL")
+    fill = cache_module._fill
+
+    def fill_then_fail(rows, *args):
+        fill(rows, *args)
+        if args[-1].startswith("cache val"):
+            raise MemoryError("killed while caching val")
+
+    monkeypatch.setattr(cache_module, "_fill", fill_then_fail)
+    with pytest.raises(MemoryError):
+        build_cache(manifest, run_dir, target, SIZE)
+    assert list(target.iterdir()) == []  # the train split was written, but never renamed into place
+    monkeypatch.setattr(cache_module, "_fill", fill)
+    build_cache(manifest, run_dir, target, SIZE)
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == \
+        {path.name: path.read_bytes() for path in cache_dir.iterdir()}
+
+
 def _sources(run_dir, cache_dir, factors, batch_size, **augment):
     split = load_split(cache_dir, "train", run_dir / "data" / "manifest.csv", SIZE)
     loader = LoaderBatches(split, RepeatFactorSampler(factors, seed=1), batch_size, seed=0, num_workers=0,

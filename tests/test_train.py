@@ -47,6 +47,9 @@ def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_pa
     assert stopped.value.code == 143
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 1
     assert not (tmp_path / "resumed" / "best.pt").exists()
+    # Declared outputs only when training completes; progress meanwhile in checkpoints/.
+    assert not (tmp_path / "resumed" / "metrics.csv").exists()
+    assert len(pd.read_csv(tmp_path / "resumed" / "checkpoints" / "metrics.csv")) == 1
     assert signal.getsignal(signal.SIGTERM) is not None  # our handler was removed again
     run_training(run_dir, tmp_path / "resumed", settings=settings(data_on_device=data_on_device))
 

@@ -9,6 +9,7 @@ manifest's sha256, with the image ids of each split: a cache with another key is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -69,30 +70,43 @@ def _fill(rows: pd.DataFrame, run_dir: Path, images: np.ndarray, masks: np.ndarr
         list(tqdm(pool.map(load, range(len(rows))), total=len(rows), desc=desc, unit="img", mininterval=2))
 
 
-def _write_split(rows: pd.DataFrame, run_dir: Path, cache_dir: Path, split: str, size: int, threads: int) -> None:
-    images_path, masks_path = split_paths(cache_dir, split)
-    with atomic_path(images_path) as images_tmp, atomic_path(masks_path) as masks_tmp:
-        images = np.lib.format.open_memmap(images_tmp, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3))
-        masks = np.lib.format.open_memmap(masks_tmp, mode="w+", dtype=np.uint8, shape=(len(rows), size, size))
-        _fill(rows, run_dir, images, masks, size, threads, f"cache {split} {size}px")
-        images.flush()
-        masks.flush()
+def _write_split(rows: pd.DataFrame, run_dir: Path, images_path: Path, masks_path: Path, size: int, threads: int,
+                 desc: str) -> None:
+    images = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3))
+    masks = np.lib.format.open_memmap(masks_path, mode="w+", dtype=np.uint8, shape=(len(rows), size, size))
+    _fill(rows, run_dir, images, masks, size, threads, desc)
+    images.flush()
+    masks.flush()
+
+
+def _remove_leftovers(cache_dir: Path) -> None:
+    """Temporary files of a build that was killed (as large as the cache itself)."""
+    for leftover in cache_dir.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def build_cache(manifest_path: str | Path, run_dir: str | Path, cache_dir: str | Path, image_size: int,
                 threads: int = 1) -> Path:
-    """Write the train and val splits of ``manifest_path`` at ``image_size``; returns cache.json."""
+    """Write the train and val splits of ``manifest_path`` at ``image_size``; returns cache.json.
+
+    Every file is renamed into place only once all are written, cache.json last: a build that is
+    killed leaves none of them, so Snakemake never finds a declared output of an unfinished job.
+    """
     cache_dir, run_dir = Path(cache_dir), Path(run_dir)
     manifest = pd.read_csv(manifest_path)
     record = {"image_size": image_size, "manifest_sha256": manifest_sha256(manifest_path), "splits": {}}
     (cache_dir / "cache.json").unlink(missing_ok=True)  # an interrupted rebuild leaves no valid-looking cache
-    for split in CACHE_SPLITS:
-        rows = manifest[manifest["split"] == split].reset_index(drop=True)
-        _write_split(rows, run_dir, cache_dir, split, image_size, threads)
-        record["splits"][split] = [int(i) for i in rows["image_id"]]
-        log.info("cached %d %s images at %d px in %s", len(rows), split, image_size, cache_dir)
-    with atomic_path(cache_dir / "cache.json") as tmp:
-        tmp.write_text(json.dumps(record))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(cache_dir)
+    with contextlib.ExitStack() as renames:  # renames run in reverse order of entry
+        record_tmp = renames.enter_context(atomic_path(cache_dir / "cache.json"))
+        for split in CACHE_SPLITS:
+            rows = manifest[manifest["split"] == split].reset_index(drop=True)
+            images_tmp, masks_tmp = (renames.enter_context(atomic_path(path)) for path in split_paths(cache_dir, split))
+            _write_split(rows, run_dir, images_tmp, masks_tmp, image_size, threads, f"cache {split} {image_size}px")
+            record["splits"][split] = [int(i) for i in rows["image_id"]]
+            log.info("cached %d %s images at %d px in %s", len(rows), split, image_size, cache_dir)
+        record_tmp.write_text(json.dumps(record))
     return cache_dir / "cache.json"
 
 

@@ -1,9 +1,10 @@
 """Training one variant: model selection on the validation split, resumable checkpoints.
 
 Training reads the cache (``cocoseg.cache``). Each epoch ends with a validation pass on the
-cached val split (a confusion matrix at the training size), a row of ``metrics.csv``, and
-``last.pt``; the epoch with the best validation mIoU is also ``best.pt``. A run that finds
-``last.pt`` resumes from it. SIGTERM (a scheduler's pre-emption) saves ``last.pt`` at the next
+cached val split (a confusion matrix at the training size), a row of ``checkpoints/metrics.csv``,
+and ``last.pt``; the epoch with the best validation mIoU is also ``best.pt``. The declared outputs
+(``best.pt``, ``metrics.csv``, ``training.json``) are written only when training completes. A run
+that finds ``last.pt`` resumes from it. SIGTERM (a scheduler's pre-emption) saves ``last.pt`` at the next
 step and exits with status 143, so a retry resumes.
 
 The step never waits for the GPU: losses, the finite-loss check and confusion matrices stay on
@@ -473,7 +474,9 @@ class _Run:
         self.epoch, self.step = self.epoch + 1, 0
         self.checkpoint()
         if self.ranks.main:
-            write_csv(pd.DataFrame(self.history), self.out_dir / "metrics.csv")
+            # Progress to watch; the declared metrics.csv appears only in finish(), so that an output
+            # Snakemake tracks never exists for an unfinished job (see README: after a crash).
+            write_csv(pd.DataFrame(self.history), self.last_path.parent / "metrics.csv")
         log.info("%s epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f at epoch %d)", self.variant,
                  self.epoch, row["train_loss"], row["val_loss"], row["val_miou"], self.best["miou"],
                  self.best["epoch"])

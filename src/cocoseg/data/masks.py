@@ -81,6 +81,14 @@ def pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return np.append(counts[: num_classes + 1], counts[IGNORE_LABEL])
 
 
+def _remove_leftovers(masks_dir: Path, image_ids: set[int]) -> None:
+    """Temporary files that a killed job of this shard left (other shards may be writing theirs)."""
+    for leftover in masks_dir.glob(".*.png.*.tmp"):
+        stem = leftover.name[1:].split(".", 1)[0]
+        if stem.isdigit() and int(stem) in image_ids:
+            leftover.unlink(missing_ok=True)
+
+
 def build_masks(
     instances_path: str | Path,
     masks_dir: str | Path,
@@ -98,6 +106,7 @@ def build_masks(
     for ann in instances["annotations"]:
         by_image[ann["image_id"]].append(ann)
     images = sorted(instances["images"], key=lambda image: image["id"])[shard::num_shards]
+    _remove_leftovers(Path(masks_dir), {image["id"] for image in images})
     colours = palette(len(classes))
     rows = []
     for image in tqdm(images, desc=f"masks {shard + 1}/{num_shards}", unit="img", mininterval=1):

@@ -1,0 +1,205 @@
+"""After a crash, what the README says to type gives the uninterrupted run's results.
+
+Real `snakemake` runs of a one-variant grid: a job's own process SIGKILLed (an out-of-memory
+killer, a failed node), and the whole Snakemake process group SIGKILLed (a power loss). The
+declared outputs of a long job appear only when it completes, so Snakemake never finds one of an
+unfinished job, and only its lock is left to clear.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cocoseg.train import TIMING_COLUMNS
+from conftest import REPO
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+RUN = "crash"
+VARIANT = "mobilenet_v3_large-cross_entropy-uniform"
+POLL_SECONDS = 0.01
+PATIENCE_SECONDS = 300
+
+
+def prepare(root: Path) -> list[str]:
+    """The tiny study's config in ``root``; returns the arguments of the command a user would type."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["run"] = RUN
+    config["dataset"].update(name="synthetic-crash", max_images=30)
+    config["dataset"]["synthetic"].update(num_images=40, seed=5, sizes=[[320, 240], [240, 320]])
+    config["masks"]["shards"] = 2
+    config["grid"]["variants"] = [VARIANT]
+    if "seeds" in config["grid"]:
+        config["grid"]["seeds"] = config["grid"]["seeds"][:1]
+    if "reference" in config.get("evaluate", {}):
+        config["evaluate"]["reference"] = VARIANT
+    config["train"].update(image_size=32, epochs=4, overrides={})
+    config["wandb"]["mode"] = "disabled"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "crash.yaml").write_text(yaml.safe_dump(config))
+    return ["--cores", "2", "--directory", str(root), "--configfile", str(root / "crash.yaml"), "--until", "train"]
+
+
+def snakemake(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=REPO, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    """Snakemake in a process group of its own, as a terminal would start it."""
+    with open(log, "w") as out:
+        return subprocess.Popen([*SNAKEMAKE, *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def script_jobs(pid: int, script: str) -> list[int]:
+    """Processes under ``pid`` running workflow/scripts/<script>.py (Snakemake runs a copy of it)."""
+    jobs = []
+    for child in descendants(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith(f".{script}.py".encode()) for arg in argv):
+            jobs.append(child)
+    return jobs
+
+
+def kill_when(process: subprocess.Popen, log: Path, ready: Callable[[], bool], script: str | None = None) -> None:
+    """Once ``ready()``, SIGKILL the running <script> jobs, or (no script) the whole process group."""
+    deadline = time.monotonic() + PATIENCE_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"snakemake ended before the kill:\n{log.read_text()}")
+        jobs = script_jobs(process.pid, script) if script else []
+        if (jobs or not script) and ready():
+            if script:
+                for job in jobs:
+                    os.kill(job, signal.SIGKILL)
+            else:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+            return
+        time.sleep(POLL_SECONDS)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError(f"gave up waiting to kill {script or 'snakemake'}:\n{log.read_text()}")
+
+
+def interrupted(args: list[str], log: Path, ready: Callable[[], bool], script: str | None = None) -> None:
+    """Start the command, kill as ``kill_when`` says; the run must have failed."""
+    process = start(args, log)
+    try:
+        kill_when(process, log, ready, script)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode != 0, log.read_text()
+
+
+def run_dir(root: Path) -> Path:
+    return root / "results" / RUN
+
+
+def model_dir(root: Path) -> Path:
+    """The training run's folder: the one that holds checkpoints/."""
+    found = [path.parent for path in (run_dir(root) / "models").rglob("checkpoints")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def first_epoch_done(root: Path) -> Callable[[], bool]:
+    """The training log reports epoch 1: its checkpoint and everything else of that epoch are written."""
+    logs = run_dir(root) / "logs"
+    return lambda: any(" epoch 1: " in path.read_text() for path in logs.glob("train_*.log"))
+
+
+def metrics(root: Path) -> pd.DataFrame:
+    return pd.read_csv(model_dir(root) / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """Every file in ``folder``, hidden ones (temporary files) included, with its bytes."""
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def assert_resumed(root: Path, reference: Path) -> None:
+    assert any("resuming" in path.read_text() for path in (run_dir(root) / "logs").glob("train_*.log"))
+    pd.testing.assert_frame_equal(metrics(root), metrics(reference))
+    assert len(metrics(root)) == 4
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    snakemake(prepare(root))
+    return root
+
+
+def test_killed_training_job_resumes_when_the_same_command_is_typed_again(reference, tmp_path):
+    args = prepare(tmp_path)
+    interrupted(args, tmp_path / "killed.log", first_epoch_done(tmp_path), script="train")
+    assert (model_dir(tmp_path) / "checkpoints" / "last.pt").exists()
+    snakemake(args)
+    assert_resumed(tmp_path, reference)
+
+
+def test_killed_mask_shards_and_cache_build_are_redone_exactly(reference, tmp_path):
+    args = prepare(tmp_path)
+    masks_dir = run_dir(tmp_path) / "data" / "masks"
+    cache_dir = run_dir(tmp_path) / "cache" / "32px"
+    interrupted(args, tmp_path / "masks.log", lambda: any(masks_dir.glob("*.png")), script="masks")
+    interrupted(args, tmp_path / "cache.log", lambda: any(cache_dir.glob(".*.tmp")), script="cache")
+    assert not (cache_dir / "cache.json").exists() and not (cache_dir / "train_images.npy").exists()
+    snakemake(args)
+
+    data, reference_data = run_dir(tmp_path) / "data", run_dir(reference) / "data"
+    assert files(data / "masks") == files(reference_data / "masks")
+    assert files(data / "shards") == files(reference_data / "shards")
+    assert files(data) == files(reference_data)  # manifest.csv, splits.csv, selected.csv, instances.json ...
+    assert files(cache_dir) == files(run_dir(reference) / "cache" / "32px")
+    pd.testing.assert_frame_equal(metrics(tmp_path), metrics(reference))
+
+
+def test_after_a_power_loss_unlock_then_the_same_command_resumes(reference, tmp_path):
+    args = prepare(tmp_path)
+    interrupted(args, tmp_path / "power_loss.log", first_epoch_done(tmp_path))  # kill -9 of the process group
+    # Snakemake marked the training's declared outputs incomplete when it started the job: none may exist.
+    assert (model_dir(tmp_path) / "checkpoints" / "last.pt").exists()
+    assert not any((model_dir(tmp_path) / name).exists() for name in ("best.pt", "metrics.csv", "training.json"))
+    locked = snakemake(args, check=False)
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    # What the README says: --unlock with the same arguments, then the same command.
+    snakemake([*args, "--unlock"])
+    snakemake(args)
+    assert_resumed(tmp_path, reference)
