@@ -4,8 +4,9 @@ For each backbone, in one process on one device, on the same synthetic COCO-size
 
 - **cocoseg**: the cached split (resized uint8, on the GPU when it fits, or with
   ``--data-on-device``), batched augmentation there (``augment.augment_batch``), the library's
-  ``train_step`` (bf16 autocast, channels_last, fused Adam on CUDA, no host synchronisation), and
-  its ``validate`` (inference_mode, confusion matrix with bincount on the device).
+  ``train_step`` (``--precision``: by default bf16 autocast on CUDA and on CPUs with native bf16;
+  channels_last on every device; fused Adam on CUDA; no host synchronisation), and its
+  ``validate`` (inference_mode, confusion matrix with bincount on the device).
 - **study**: JPEG and PNG decoded every step, albumentations on the CPU in DataLoader workers,
   batch 4, fp32, no channels_last, plain Adam, the loss read every step (a progress bar's
   postfix); evaluation batch by batch the same way, metrics on the host.
@@ -15,6 +16,9 @@ as JSON. On a CPU, run it small, as CI's smoke test does:
 
     python benchmarks/bench_train.py                              # GPU: 256 px, both backbones
     python benchmarks/bench_train.py --device cpu --size 64 --images 24 --steps 2 --warmup 1 --batch-size 8
+
+The README's CPU rows: ``--device cpu --size 128 --images 200 --steps 8 --warmup 2 --batch-size 16
+--eval-batch-size 32 --study-divisor 2 --threads 2``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from cocoseg.data.masks import build_masks  # noqa: E402
 from cocoseg.data.select import select_images  # noqa: E402
 from cocoseg.data.split import split_manifest  # noqa: E402
 from cocoseg.data.synth import generate, unpack  # noqa: E402
+from cocoseg.device import (  # noqa: E402
+    MEMORY_FORMAT, PRECISIONS, precision_name, resolve_precision, to_channels_last, use_threads)
 from cocoseg.datasets import IMAGENET_MEAN, IMAGENET_STD, read_mask, read_rgb, train_transform  # noqa: E402
 from cocoseg.losses import build_loss  # noqa: E402
 from cocoseg.models import build_model  # noqa: E402
@@ -100,15 +106,14 @@ def repeat(batches: Callable[[int], Iterator[Any]], count: int) -> Iterator[Any]
 
 
 def project_model(backbone: str, device: torch.device, compile_model: bool) -> tuple[torch.nn.Module, Any]:
-    model = build_model(backbone, NUM_CLASSES).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = to_channels_last(build_model(backbone, NUM_CLASSES).to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     return (torch.compile(model) if compile_model else model), optimizer
 
 
 def bench_project(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path, args: argparse.Namespace,
                   device: torch.device, batch_size: int) -> dict[str, Any]:
+    precision = resolve_precision(args.precision, device)
     split = load_split(cache, "train", manifest, args.size)
     sampler = RepeatFactorSampler(np.ones(len(rows)), seed=0)
     batches = train_batches(split, sampler, batch_size, 0.5, 0.5, 15.0, 0, args.num_workers, device,
@@ -120,18 +125,19 @@ def bench_project(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path
     def steps(count: int) -> int:
         total = torch.zeros((), device=device)
         for images, masks in repeat(batches.epoch, count):
-            total += train_step(model, images, masks, loss_fn, optimizer, 0.0, device)
+            total += train_step(model, images, masks, loss_fn, optimizer, 0.0, device, precision)
         return count * batch_size
 
     steps(args.warmup)
     result = {"batch_size": batch_size, "train": measure(lambda: steps(args.steps), device),
-              "data_path": type(batches).__name__}
+              "data_path": type(batches).__name__, "precision": precision_name(precision),
+              "memory_format": MEMORY_FORMAT}
     images, masks = as_tensors(split, device if result["data_path"] == "DeviceBatches" else "cpu")
     validate(model, images[: args.eval_batch_size], masks[: args.eval_batch_size], NUM_CLASSES,
-             args.eval_batch_size, device)  # warm-up
+             args.eval_batch_size, device, precision)  # warm-up
 
     def evaluate() -> int:
-        validate(model, images, masks, NUM_CLASSES, args.eval_batch_size, device)
+        validate(model, images, masks, NUM_CLASSES, args.eval_batch_size, device, precision)
         return len(images)
 
     result["eval"] = measure(evaluate, device)
@@ -213,7 +219,8 @@ def bench_study(backbone: str, rows: pd.DataFrame, run_dir: Path, args: argparse
     study_steps = max(1, args.steps * args.batch_size // batch // args.study_divisor)
     return {"batch_size": batch, "train": measure(lambda: steps(study_steps), device),
             "eval": measure(evaluate, device),
-            "data_path": f"JPEG decode + albumentations, {args.study_workers} DataLoader workers"}
+            "data_path": f"JPEG decode + albumentations, {args.study_workers} DataLoader workers",
+            "precision": "fp32", "memory_format": "contiguous"}
 
 
 def study_hours(paths: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
@@ -231,13 +238,15 @@ def study_hours(paths: dict[str, Any], args: argparse.Namespace) -> dict[str, fl
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'backbone':<20}{'path':<9}{'batch':>6}{'train img/s':>12}{'eval img/s':>12}{'peak GiB':>10}"]
+    lines = [f"{'backbone':<20}{'path':<9}{'batch':>6}{'precision':>10}{'format':>15}{'train img/s':>12}"
+             f"{'eval img/s':>12}{'peak GiB':>10}"]
     for backbone, paths in results["backbones"].items():
         for name in ("study", "cocoseg"):
             r = paths[name]
-            lines.append(f"{backbone:<20}{name:<9}{r['batch_size']:>6}{r['train']['images_per_s']:>12.1f}"
-                         f"{r['eval']['images_per_s']:>12.1f}{r['train']['peak_gib']:>10.2f}")
-        lines.append(f"{'':<20}{'ratio':<15}{paths['train_ratio']:>11.1f}x{paths['eval_ratio']:>11.1f}x"
+            lines.append(f"{backbone:<20}{name:<9}{r['batch_size']:>6}{r['precision']:>10}{r['memory_format']:>15}"
+                         f"{r['train']['images_per_s']:>12.1f}{r['eval']['images_per_s']:>12.1f}"
+                         f"{r['train']['peak_gib']:>10.2f}")
+        lines.append(f"{'':<20}{'ratio':<40}{paths['train_ratio']:>11.1f}x{paths['eval_ratio']:>11.1f}x"
                      f"   eval/train {paths['eval_over_train']:.1f}x")
     return "\n".join(lines)
 
@@ -258,6 +267,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers when the data stays on the host")
     parser.add_argument("--data-on-device", choices=["auto", "always", "never"], default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the project's model")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the project path's train.precision (the study loop stays fp32)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--study-train", type=int, default=6400, help="train images of the full study")
     parser.add_argument("--study-val", type=int, default=800, help="val images of the full study")
@@ -269,14 +280,16 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     device = select_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()}, " \
         f"{args.threads} threads)"
+    precision = precision_name(resolve_precision(args.precision, device))
     results: dict[str, Any] = {"device": name, "torch": torch.__version__, "size": args.size,
-                               "batch_size": args.batch_size, "study_batch_size": 4, "backbones": {}}
+                               "batch_size": args.batch_size, "study_batch_size": 4, "precision": precision,
+                               "memory_format": MEMORY_FORMAT, "backbones": {}}
     with tempfile.TemporaryDirectory() as tmp:
         rows, run_dir = prepare(Path(tmp), args.images, args.size, args.threads)
         results["images"] = len(rows)
@@ -294,7 +307,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print(f"{name}, torch {torch.__version__}, {args.size}x{args.size}, {results['images']} images, "
-          f"project batch {args.batch_size}, study batch 4")
+          f"project batch {args.batch_size} ({precision}, {MEMORY_FORMAT}), study batch 4 (fp32, contiguous)")
     print(table(results))
     total = {path: sum(b["grid_hours"][path] for b in results["backbones"].values()) for path in ("cocoseg", "study")}
     results["grid_hours"] = total

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+from cocoseg.device import cpu_has_native_bf16
 from conftest import REPO
 
 
@@ -16,8 +17,12 @@ def test_bench_train_smoke(tmp_path):
     result = json.loads(out.read_text())
     assert result["device"].startswith("CPU") and result["size"] == 48
     assert set(result["backbones"]) == {"mobilenet_v3_large", "resnet50"}
+    assert result["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # --precision auto
     for paths in result["backbones"].values():
         assert paths["cocoseg"]["data_path"] == "LoaderBatches"  # no CUDA: albumentations in the loader
+        assert (paths["cocoseg"]["precision"], paths["cocoseg"]["memory_format"]) == (result["precision"],
+                                                                                       "channels_last")
+        assert (paths["study"]["precision"], paths["study"]["memory_format"]) == ("fp32", "contiguous")
         for name in ("cocoseg", "study"):
             assert paths[name]["train"]["images"] > 0 and paths[name]["train"]["images_per_s"] > 0
             assert paths[name]["eval"]["images"] == result["images"]

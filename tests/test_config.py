@@ -47,6 +47,8 @@ def mutated(change) -> dict:
         (lambda c: c["dataset"]["download"]["images"].update(url="ftp://x"), r"dataset.download.images.url"),
         (lambda c: c.update(run="../escape"), r"run: '../escape' does not match"),
         (lambda c: c["masks"].update(shards=0), r"masks.shards: 0 is less than the minimum"),
+        (lambda c: c["train"].update(precision="fp16"),
+         r"train.precision: 'fp16' is not allowed; use one of \['auto', 'bf16', 'fp32'\]"),
     ],
 )
 def test_bad_configs_name_the_key(change, expected):

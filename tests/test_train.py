@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import cocoseg.train as train_module
+from cocoseg.device import cpu_has_native_bf16
 from cocoseg.evaluate import evaluate
 from cocoseg.predict import predict
 from cocoseg.models import build_model
@@ -33,9 +34,10 @@ def weights(path):
     return load_checkpoint(path)["model"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "auto"])  # auto: bf16 on a CPU with native bf16
 @pytest.mark.parametrize("data_on_device", ["never", "always"])
-def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_path, data_on_device):
-    run_training(run_dir, tmp_path / "straight", settings=settings(data_on_device=data_on_device))
+def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_path, data_on_device, precision):
+    run_training(run_dir, tmp_path / "straight", settings=settings(data_on_device=data_on_device, precision=precision))
 
     def pre_empt(epoch):
         if epoch == 0:
@@ -43,7 +45,7 @@ def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_pa
 
     with pytest.raises(TrainingInterrupted) as stopped:
         run_training(run_dir, tmp_path / "resumed", on_epoch_end=pre_empt,
-                     settings=settings(data_on_device=data_on_device))
+                     settings=settings(data_on_device=data_on_device, precision=precision))
     assert stopped.value.code == 143
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 1
     assert not (tmp_path / "resumed" / "best.pt").exists()
@@ -51,7 +53,7 @@ def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_pa
     assert not (tmp_path / "resumed" / "metrics.csv").exists()
     assert len(pd.read_csv(tmp_path / "resumed" / "checkpoints" / "metrics.csv")) == 1
     assert signal.getsignal(signal.SIGTERM) is not None  # our handler was removed again
-    run_training(run_dir, tmp_path / "resumed", settings=settings(data_on_device=data_on_device))
+    run_training(run_dir, tmp_path / "resumed", settings=settings(data_on_device=data_on_device, precision=precision))
 
     straight, resumed = weights(tmp_path / "straight" / "best.pt"), weights(tmp_path / "resumed" / "best.pt")
     for name in straight:
@@ -92,6 +94,9 @@ def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "best", "history"} <= set(last)
     assert summary["best_epoch"] == 1 and summary["device"] == "cpu" and summary["data_path"] == "DataLoader"
+    assert summary["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # train.precision: auto
+    assert summary["memory_format"] == "channels_last"
+    assert json.loads((tmp_path / "training.json").read_text())["precision"] == summary["precision"]
     weights_table = pd.read_csv(tmp_path / "class_weights.csv")
     assert list(weights_table["class"]) == ["background", *CLASSES]
     assert weights_table["weight"].iloc[0] < weights_table["weight"].iloc[1:].min()  # background is the most frequent
@@ -141,6 +146,18 @@ def test_checkpoint_of_other_settings_is_not_resumed(run_dir, tmp_path):
     run_training(run_dir, tmp_path, settings=settings(epochs=1, lr=5e-4, num_workers=1))
     after = weights(tmp_path / "best.pt")  # only how it runs changed: the finished run is taken as it is
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_a_checkpoint_resumes_only_in_the_precision_it_was_trained_in(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("cocoseg.device.cpu_has_native_bf16", lambda: True)  # auto is bf16 on any CPU here
+    run_training(run_dir, tmp_path, settings=settings(epochs=1, precision="fp32"))
+    fp32 = weights(tmp_path / "best.pt")
+    assert run_training(run_dir, tmp_path, settings=settings(epochs=1, precision="auto"))["precision"] == "bf16"
+    bf16 = weights(tmp_path / "best.pt")  # trained again in bf16, not the fp32 run taken as it is
+    assert not all(torch.equal(fp32[name], bf16[name]) for name in fp32)
+    run_training(run_dir, tmp_path, settings=settings(epochs=1, precision="bf16"))
+    again = weights(tmp_path / "best.pt")  # auto and bf16 resolve alike: the finished run is taken as it is
+    assert all(torch.equal(bf16[name], again[name]) for name in bf16)
 
 
 def test_two_processes_match_one_within_the_stated_tolerance(run_dir, tmp_path):

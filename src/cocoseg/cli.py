@@ -116,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from cocoseg.predict import predict
 
-    predict(args.checkpoint, args.images, args.out_dir, args.device)
+    predict(args.checkpoint, args.images, args.out_dir, args.device, args.precision, args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--manifest", help="default: results/<run>/data/manifest.csv")
     sub.add_argument("--out-dir", help="default: results/<run>/models/<variant>")
     sub.add_argument("--cache-dir", help="default: results/<run>/cache/<image_size>px (built when missing)")
-    sub.add_argument("--threads", type=int)
+    sub.add_argument("--threads", type=int, help="the job's cores, shared among this machine's ranks "
+                     "(default: torch's, one per core)")
     sub.add_argument("--nproc", type=int, default=1,
                      help="processes (one per GPU) for DistributedDataParallel, like torchrun --nproc-per-node")
 
@@ -212,13 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out-dir", required=True)
     sub.add_argument("--batch-size", type=int, default=8)
     sub.add_argument("--num-workers", type=int, default=0)
-    sub.add_argument("--threads", type=int)
+    sub.add_argument("--threads", type=int, help="intra-op threads (default: torch's, one per core)")
     sub.add_argument("--device", default="auto")
 
     sub = step("predict", cmd_predict, "write label masks and overlays for new images")
     sub.add_argument("--checkpoint", required=True)
     sub.add_argument("--out-dir", required=True)
     sub.add_argument("--device", default="auto")
+    sub.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the checkpoint's train.precision")
+    sub.add_argument("--threads", type=int, help="intra-op threads (default: torch's, one per core)")
     sub.add_argument("images", nargs="+")
     return parser
 

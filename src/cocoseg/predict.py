@@ -12,6 +12,7 @@ from PIL import Image
 
 from cocoseg.data.masks import palette, save_mask
 from cocoseg.datasets import eval_transform, read_rgb
+from cocoseg.device import autocast, precision_name, resolve_precision, to_channels_last, use_threads
 from cocoseg.evaluate import load_model
 from cocoseg.io import atomic_path
 from cocoseg.train import select_device
@@ -28,11 +29,17 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: flo
 
 
 @torch.inference_mode()
-def predict(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path,
-            device_name: str = "auto") -> list[Path]:
-    """Write ``<stem>.png`` (label mask: 0 background, 1..K classes) and ``<stem>_overlay.jpg`` per image."""
+def predict(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path, device_name: str = "auto",
+            precision: str | None = None, threads: int | None = None) -> list[Path]:
+    """Write ``<stem>.png`` (label mask: 0 background, 1..K classes) and ``<stem>_overlay.jpg`` per image.
+
+    ``precision`` (auto, bf16, fp32) defaults to the checkpoint's ``train.precision``.
+    """
+    use_threads(threads)
     device = select_device(device_name)
     model, state = load_model(checkpoint, device)
+    dtype = resolve_precision(precision or state["settings"].get("precision", "auto"), device)
+    log.info("predicting on %s in %s", device, precision_name(dtype))
     transform = eval_transform(state["settings"]["image_size"])
     colours = np.array(palette(len(state["classes"])), dtype=np.float32).reshape(256, 3)
     out_dir = Path(out_dir)
@@ -40,8 +47,8 @@ def predict(checkpoint: str | Path, images: list[str | Path], out_dir: str | Pat
     for path in map(Path, images):
         image = read_rgb(path)
         tensor = torch.from_numpy(transform(image=image)["image"].transpose(2, 0, 1)).unsqueeze(0).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(tensor)["out"]
+        with autocast(device, dtype):
+            logits = model(to_channels_last(tensor))["out"]
         logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
         mask = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
         mask_path = out_dir / f"{path.stem}.png"

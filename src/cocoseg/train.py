@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from cocoseg.batches import Batch, DeviceBatches, as_tensors, eval_batches, train_batches
 from cocoseg.cache import CachedSplit, ensure_cache, load_split, manifest_sha256
+from cocoseg.device import MEMORY_FORMAT, autocast, precision_name, resolve_precision, to_channels_last, use_threads
 from cocoseg.io import atomic_path, write_csv
 from cocoseg.logs import configure as configure_logging
 from cocoseg.losses import build_loss, class_weights
@@ -51,7 +52,12 @@ log = logging.getLogger(__name__)
 
 TIMING_COLUMNS = ("seconds", "images_per_s")
 # Settings that change how a run is executed, not what it computes: a checkpoint resumes across them.
-EXECUTION_SETTINGS = ("num_workers", "eval_batch_size", "device", "wandb_mode", "wandb_project", "compile")
+# ``precision`` is among them as written (auto, bf16, fp32), but what it resolves to on this device
+# is in the fingerprint: bf16 and fp32 round differently, so a run never silently continues in the
+# other one (``auto`` moved to a CPU without bf16 starts afresh), while ``auto`` and ``bf16``, the
+# same numerics on a bf16 machine, resume each other.
+EXECUTION_SETTINGS = ("num_workers", "eval_batch_size", "device", "wandb_mode", "wandb_project", "compile",
+                      "precision")
 # Steps between reads of the device-side checks (a non-finite loss; with several ranks, SIGTERM).
 CHECK_EVERY = 25
 
@@ -90,6 +96,7 @@ class TrainSettings:
     focal_tversky: dict[str, float] = field(default_factory=lambda: {"alpha": 0.3, "beta": 0.7, "gamma": 0.75})
     data_on_device: str = "auto"  # auto | always | never: keep the train split on the device, augment there
     compile: bool = False
+    precision: str = "auto"  # auto | bf16 | fp32: autocast dtype, resolved per device (cocoseg.device)
     eval_batch_size: int = 8
     num_workers: int = 2
     seed: int = 0
@@ -172,10 +179,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_fingerprint(settings: TrainSettings, manifest_path: str | Path, classes: list[str]) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the settings that shape the result, and the data."""
+def run_fingerprint(settings: TrainSettings, manifest_path: str | Path, classes: list[str],
+                    precision: str) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the settings that shape the result, the resolved precision
+    (``bf16`` or ``fp32``), and the data."""
     computed = {k: v for k, v in dataclasses.asdict(settings).items() if k not in EXECUTION_SETTINGS}
-    return {"settings": computed, "manifest_sha256": manifest_sha256(manifest_path), "classes": list(classes)}
+    return {"settings": computed, "precision": precision, "manifest_sha256": manifest_sha256(manifest_path),
+            "classes": list(classes)}
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
@@ -188,16 +198,15 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
 
 
 def validate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int,
-             device: torch.device, loss_fn: torch.nn.Module | None = None, ranks: Ranks = Ranks()) -> dict[str, Any]:
+             device: torch.device, precision: torch.dtype | None, loss_fn: torch.nn.Module | None = None,
+             ranks: Ranks = Ranks()) -> dict[str, Any]:
     """Metrics of the cached val split (at the training size), summed over ranks; one read at the end."""
     model.eval()
     confusion = ConfusionMatrix(num_classes, device)
     loss_sum, count = torch.zeros((), device=device), torch.zeros((), device=device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.inference_mode(), autocast(device, precision):
         for batch_images, batch_masks in eval_batches(images, masks, batch_size, device, ranks.rank, ranks.world_size):
-            if device.type == "cuda":
-                batch_images = batch_images.contiguous(memory_format=torch.channels_last)
-            logits, _ = forward_logits(model, batch_images)
+            logits, _ = forward_logits(model, to_channels_last(batch_images))
             confusion.update(logits.argmax(1), batch_masks)
             if loss_fn is not None:
                 loss_sum += loss_fn(logits.float(), batch_masks) * len(batch_masks)
@@ -211,7 +220,8 @@ def validate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, 
     return result
 
 
-def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[Batch], count: int, device: torch.device) -> None:
+def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[Batch], count: int, device: torch.device,
+                           precision: torch.dtype | None) -> None:
     """Recompute batch-norm running statistics as plain averages over ``count`` training batches.
 
     In a short run from scratch the weights move faster than the running averages follow, and a
@@ -224,9 +234,9 @@ def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[Batch], cou
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average
     model.train()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.no_grad(), autocast(device, precision):
         for images, _ in itertools.islice(batches, count):
-            model(images)
+            model(to_channels_last(images))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
 
@@ -265,12 +275,12 @@ def _start_wandb(settings: TrainSettings, run_name: str, variant: str, out_dir: 
 
 
 def train_step(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: torch.nn.Module,
-               optimizer: torch.optim.Optimizer, aux_weight: float, device: torch.device) -> torch.Tensor:
-    """One optimizer step; returns the detached loss, still on the device (nothing here waits for the GPU)."""
-    if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits, aux = forward_logits(model, images)
+               optimizer: torch.optim.Optimizer, aux_weight: float, device: torch.device,
+               precision: torch.dtype | None) -> torch.Tensor:
+    """One optimizer step (autocast to ``precision``, loss in fp32); returns the detached loss, still on the
+    device (nothing here waits for the GPU)."""
+    with autocast(device, precision):
+        logits, aux = forward_logits(model, to_channels_last(images))
         loss = loss_fn(logits.float(), masks)
         if aux is not None:
             loss = loss + aux_weight * loss_fn(aux.float(), masks)
@@ -315,6 +325,7 @@ class _Run:
         self.settings, self.classes, self.variant, self.run_name, self.out_dir = (
             settings, classes, variant, run_name, out_dir)
         self.device = device = select_device(settings.device, self.ranks)
+        self.precision = resolve_precision(settings.precision, device)
         if settings.batch_size % self.ranks.world_size:
             raise ValueError(f"train.batch_size {settings.batch_size} does not divide among "
                              f"{self.ranks.world_size} processes; make it a multiple of the GPU count")
@@ -339,12 +350,12 @@ class _Run:
                                      settings.data_on_device)
         on_device = isinstance(self.batches, DeviceBatches)
         self.val_images, self.val_masks = as_tensors(val_split, device if on_device else "cpu")
-        log.info("%s: %d train images on %s (%s data path), %d process(es), batch %d, lr %.3g", variant,
-                 len(self.train_rows), device, "device" if on_device else "DataLoader", self.ranks.world_size,
-                 settings.batch_size, scaled_lr(settings))
+        log.info("%s: %d train images on %s (%s data path, %s, %s), %d process(es), batch %d, lr %.3g", variant,
+                 len(self.train_rows), device, "device" if on_device else "DataLoader", precision_name(self.precision),
+                 MEMORY_FORMAT, self.ranks.world_size, settings.batch_size, scaled_lr(settings))
 
         self.last_path, self.best_path = out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt"
-        self.fingerprint = run_fingerprint(settings, manifest_path, classes)
+        self.fingerprint = run_fingerprint(settings, manifest_path, classes, precision_name(self.precision))
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.best: dict[str, Any] = {"miou": -1.0, "epoch": -1}
         self.history: list[dict[str, Any]] = []
@@ -374,9 +385,7 @@ class _Run:
             # Batch statistics over the whole batch, as on one GPU (gloo on the CPU has no SyncBatchNorm).
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return to_channels_last(model)
 
     def resume(self) -> None:
         state = load_checkpoint(self.last_path, self.device) if self.last_path.exists() else None
@@ -437,7 +446,8 @@ class _Run:
                 self.step, self.partial = step, {"loss": float(loss_sum), "steps": steps,
                                                  "seconds": self.partial["seconds"]}
                 raise TrainingInterrupted()
-            loss = train_step(ddp_model, images, masks, self.loss_fn, self.optimizer, s.aux_weight, self.device)
+            loss = train_step(ddp_model, images, masks, self.loss_fn, self.optimizer, s.aux_weight, self.device,
+                              self.precision)
             nonfinite.record(loss, step)
             loss_sum += loss
             steps += 1
@@ -456,10 +466,11 @@ class _Run:
     def end_epoch(self, train_loss: float, seen: int, train_seconds: float, started: float, wandb_run: Any) -> None:
         s = self.settings
         if s.bn_recalibration:
-            recalibrate_batch_norm(self.model, self.batches.epoch(self.epoch), s.bn_recalibration, self.device)
+            recalibrate_batch_norm(self.model, self.batches.epoch(self.epoch), s.bn_recalibration, self.device,
+                                   self.precision)
         self._sync_buffers()
         val = validate(self.model, self.val_images, self.val_masks, len(self.classes) + 1, s.eval_batch_size,
-                       self.device, self.loss_fn, self.ranks)
+                       self.device, self.precision, self.loss_fn, self.ranks)
         self.elapsed += time.perf_counter() - started
         row = _epoch_row(self.epoch, self.optimizer.param_groups[0]["lr"], train_loss, val, self.classes, seen,
                          train_seconds)
@@ -536,6 +547,7 @@ class _Run:
                    "epochs": self.settings.epochs, "train_seconds": float(frame["seconds"].sum()),
                    "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
                    "wall_seconds": self.elapsed, "device": str(self.device), "world_size": self.ranks.world_size,
+                   "precision": precision_name(self.precision), "memory_format": MEMORY_FORMAT,
                    "data_path": "device" if isinstance(self.batches, DeviceBatches) else "DataLoader",
                    "lr": scaled_lr(self.settings), "settings": dataclasses.asdict(self.settings)}
         with atomic_path(self.out_dir / "training.json") as tmp:
@@ -565,11 +577,18 @@ def train(
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(process_threads(threads))
     cache = Path(cache_dir) if cache_dir else run_dir / "cache" / f"{settings.image_size}px"
     return _Run(Path(manifest_path), run_dir, out_dir, classes, settings, variant, run_name, threads, cache).run(
         on_epoch_end)
+
+
+def process_threads(threads: int | None) -> int | None:
+    """This process's share of the job's ``threads``: the job's processes on this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``, or ``train_distributed``'s ranks) share its cores."""
+    if not threads:
+        return None
+    return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 def _free_port() -> int:
@@ -581,7 +600,8 @@ def _free_port() -> int:
 def _rank_main(rank: int, world_size: int, port: int, backend: str, log_file: str | None, args: tuple,
                kwargs: dict) -> None:
     configure_logging(log_file, append=True, prefix=f"[rank {rank}] ")
-    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world_size))
+    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size))
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         train(*args, **kwargs)

@@ -31,7 +31,7 @@ def settings_for(config: dict[str, Any], variant: str) -> TrainSettings:
         backbone=backbone, loss=loss, sampling=sampling,
         image_size=train["image_size"], epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
         base_batch_size=train["base_batch_size"], lr_scaling=train["lr_scaling"],
-        data_on_device=train["data_on_device"], compile=train["compile"],
+        data_on_device=train["data_on_device"], compile=train["compile"], precision=train["precision"],
         weight_decay=train["weight_decay"], scheduler=train["scheduler"], warmup_epochs=train["warmup_epochs"],
         hflip=train["augment"]["hflip"], vflip=train["augment"]["vflip"], rotate=train["augment"]["rotate"],
         weights_backbone=model["weights_backbone"], aux_loss=model["aux_loss"], aux_weight=model["aux_weight"],
