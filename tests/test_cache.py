@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cocoseg.batches import DeviceBatches, LoaderBatches
-from cocoseg.cache import StaleCacheError, build_cache, ensure_cache, load_split
+from cocoseg.cache import StaleCacheError, build_cache, ensure_cache, load_split, resize_mask
 from cocoseg.datasets import eval_transform, read_mask, read_rgb
 from cocoseg.sampling import RepeatFactorSampler
 from cocoseg.train import TrainSettings, scaled_lr
@@ -34,8 +34,18 @@ def test_cache_holds_each_split_resized_as_evaluation_resizes(run_dir, cache_dir
             resized = eval_transform(SIZE).transforms[0](image=read_rgb(row.image_path))["image"]
             np.testing.assert_array_equal(cached.images[i], resized)
             mask = read_mask(run_dir / row.mask_path)
-            # nearest neighbour: every cached label is a label of the mask
-            assert set(np.unique(cached.masks[i])) <= set(np.unique(mask))
+            # nearest-exact, as torch defines it independently of cv2: centres aligned with the image's
+            expected = torch.nn.functional.interpolate(torch.from_numpy(mask)[None, None].float(), size=(SIZE, SIZE),
+                                                       mode="nearest-exact")[0, 0].byte().numpy()
+            np.testing.assert_array_equal(cached.masks[i], expected)
+
+
+def test_mask_resize_samples_the_source_pixel_under_each_centre():
+    # 640 -> 256: s = 2.5; output pixel x takes source pixel floor((x + 0.5) * 2.5): 1, 3, 6, 8, 11, ...
+    mask = np.tile(np.arange(640, dtype=np.int64) % 251, (4, 1)).astype(np.uint8)
+    resized = resize_mask(np.repeat(mask, 160, axis=0)[:640], 256)
+    columns = np.floor((np.arange(256) + 0.5) * 2.5).astype(int)
+    np.testing.assert_array_equal(resized[0], (columns % 251).astype(np.uint8))
 
 
 def test_a_cache_of_another_size_or_manifest_is_refused_and_rebuilt(run_dir, cache_dir, tmp_path):

@@ -80,3 +80,12 @@ def test_class_weight_schemes():
     assert (inv_sqrt * freq).sum() == pytest.approx(1)
     with pytest.raises(ValueError, match="unknown class weight scheme"):
         class_weights(counts, "magic")
+
+
+def test_median_frequency_counts_only_the_images_that_contain_the_class():
+    # Eigen & Fergus: g_c = pixels of c / pixels of the images containing c; w_c = median(g) / g_c.
+    image_pixels = np.array([[90, 10, 0], [50, 0, 50], [100, 0, 0]])
+    # g = (240/300, 10/100, 50/100) = (0.8, 0.1, 0.5); median 0.5 -> raw weights (0.625, 5, 1);
+    # the pixel shares (0.8, 1/30, 1/6) give a pixel-weighted mean of 0.5 + 1/6 + 1/6 = 5/6.
+    expected = np.array([0.625, 5.0, 1.0]) / (5 / 6)
+    np.testing.assert_allclose(class_weights(image_pixels, "median_frequency"), expected)

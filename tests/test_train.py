@@ -126,6 +126,7 @@ def test_evaluate_and_predict_from_the_checkpoint(run_dir, tmp_path, synthetic):
     assert confusion.sum() == manifest.loc[manifest["split"] == "test", [f"pixels_{c}" for c in
                                                                           ("background", *CLASSES)]].to_numpy().sum()
     assert sorted(int(p.stem) for p in (tmp_path / "eval" / "predictions").iterdir()) == sorted(test_ids)
+    check_per_image_confusions(tmp_path / "eval", run_dir, manifest, report)
     first = manifest.loc[manifest["split"] == "test"].iloc[0]
     written = predict(tmp_path / "model" / "best.pt", [first["image_path"]], tmp_path / "predict")
     from PIL import Image
@@ -134,6 +135,49 @@ def test_evaluate_and_predict_from_the_checkpoint(run_dir, tmp_path, synthetic):
         assert mask.size == (first["width"], first["height"])
         assert set(np.unique(np.array(mask))) <= set(range(len(CLASSES) + 1))
     assert (tmp_path / "predict" / f"{written[0].stem}_overlay.jpg").exists()
+
+
+def check_per_image_confusions(eval_dir, run_dir, manifest, report):
+    """Each test image's matrix against one built from its saved prediction and mask; their sum is the split's."""
+    from cocoseg.datasets import read_mask
+    from cocoseg.evaluate import _finite, _metrics_record
+    from cocoseg.metrics import metrics_from_confusion
+
+    saved = np.load(eval_dir / "per_image_confusion.npz")
+    test = manifest[manifest["split"] == "test"].set_index("image_id")
+    assert sorted(saved["image_id"]) == sorted(test.index) and saved["confusion"].dtype == np.int64
+    classes = len(CLASSES) + 1
+    for image_id, confusion in zip(saved["image_id"], saved["confusion"]):
+        truth = read_mask(run_dir / test.loc[image_id, "mask_path"]).ravel()
+        predicted = read_mask(eval_dir / "predictions" / f"{image_id}.png").ravel()
+        labelled = truth != 255
+        expected, _, _ = np.histogram2d(truth[labelled], predicted[labelled], bins=classes, range=[[0, classes]] * 2)
+        np.testing.assert_array_equal(confusion, expected.astype(np.int64))
+    total = saved["confusion"].sum(axis=0)
+    written = pd.read_csv(eval_dir / "confusion.csv").set_index("truth").to_numpy()
+    np.testing.assert_array_equal(total, written)
+    written = json.loads((eval_dir / "metrics.json").read_text())
+    assert {"images": len(test), **_finite(_metrics_record(metrics_from_confusion(total), CLASSES))} == written["test"]
+    val = manifest[manifest["split"] == "val"]
+    assert sorted(saved["val_image_id"]) == sorted(val["image_id"])
+    assert metrics_from_confusion(saved["val_confusion"].sum(axis=0))["miou"] == pytest.approx(report["val"]["miou"])
+
+
+@pytest.mark.parametrize("budget", ["steps", "epochs"])
+def test_budget_of_steps_gives_every_sampling_the_same_steps(run_dir, tmp_path, budget):
+    # A threshold of 1 makes every repeat factor above 1, so an oversampled epoch is longer.
+    summaries = {sampling: run_training(run_dir, tmp_path / sampling, settings=settings(
+        epochs=2, sampling=sampling, budget=budget, repeat_threshold=1.0, bn_recalibration=0))
+        for sampling in ("uniform", "oversample")}
+    train_images = (pd.read_csv(run_dir / "data" / "manifest.csv")["split"] == "train").sum()
+    uniform_steps = 2 * (train_images // 4)
+    assert summaries["uniform"]["steps"] == uniform_steps
+    history = pd.read_csv(tmp_path / "oversample" / "metrics.csv")
+    assert history["steps"].sum() == summaries["oversample"]["steps"]
+    if budget == "steps":
+        assert summaries["oversample"]["steps"] == uniform_steps
+    else:
+        assert summaries["oversample"]["steps"] > uniform_steps
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(run_dir, tmp_path):

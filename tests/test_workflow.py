@@ -1,5 +1,6 @@
 """The workflow itself: dry runs of both configs, a clean lint, and a real `snakemake data` run."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,9 @@ def test_dry_run_plans_the_study_without_network(tmp_path):
     jobs = dict(line.split() for line in out.splitlines() if line.split()[:1] and line.split()[-1].isdigit()
                 and len(line.split()) == 2)
     assert jobs["download"] == "2" and jobs["masks"] == "8" and jobs["stats"] == "1"
-    assert jobs["train"] == jobs["evaluate"] == jobs["prediction_figures"] == "12"
+    # 12 configurations x 3 seeds; prediction figures show each configuration's first seed.
+    assert jobs["train"] == jobs["evaluate"] == "36" and jobs["prediction_figures"] == "12"
+    assert jobs["compare"] == "1"
     assert "synth" not in jobs
     assert "http://images.cocodataset.org/zips/val2014.zip" in out
 
@@ -123,20 +126,44 @@ def full_run(data_run):
 def test_every_variant_is_trained_evaluated_and_reported(full_run):
     run = full_run / "results" / "tiny"
     config = yaml.safe_load((full_run / "tiny.yaml").read_text())
-    variants = config["grid"]["variants"]
+    variants, seeds = config["grid"]["variants"], config["grid"]["seeds"]
     summary = pd.read_csv(run / "tables" / "summary.csv")
-    assert sorted(summary["variant"]) == sorted(variants)
+    assert sorted(zip(summary["variant"], summary["seed"])) == sorted((v, s) for v in variants for s in seeds)
+    assert summary["val_miou"].is_monotonic_decreasing
     per_class = pd.read_csv(run / "tables" / "per_class_iou.csv")
-    assert list(per_class.columns) == ["variant", "background", *CLASSES, "mIoU"]
+    assert list(per_class.columns) == ["variant", "seed", "background", *CLASSES, "mIoU"]
     for variant in variants:
         assert (run / "figures" / "predictions" / f"{variant}.png").exists()
         assert (run / "figures" / "worst" / f"{variant}.png").exists()
-        history = pd.read_csv(run / "models" / variant / "metrics.csv")
-        assert history["epoch"].tolist() == list(range(1, len(history) + 1))
+        for seed in seeds:
+            history = pd.read_csv(run / "models" / variant / f"seed{seed}" / "metrics.csv")
+            assert history["epoch"].tolist() == list(range(1, len(history) + 1))
+            assert json.loads((run / "models" / variant / f"seed{seed}" / "evaluation" / "metrics.json")
+                              .read_text())["seed"] == seed
     html = (full_run / "report.html").read_text()
     for name in ("summary.html", "per_class_iou.html", "class_images.png", "training_curves.png",
-                 "confusion.png", f"predictions/{variants[0]}.png"):
+                 "confusion.png", f"predictions/{variants[0]}.png", "comparison.html", "forest.png"):
         assert name in html, name
+
+
+def test_comparison_table_ranks_by_validation_with_the_reference_at_zero(full_run):
+    run = full_run / "results" / "tiny"
+    config = yaml.safe_load((full_run / "tiny.yaml").read_text())
+    table = pd.read_csv(run / "tables" / "comparison.csv")
+    columns = ["variant", "seeds", "val_miou", "test_miou", "test_miou_sd", "test_miou_ci_low", "test_miou_ci_high",
+               "delta_miou", "delta_ci_low", "delta_ci_high", "p_value", "p_holm", "significant"]
+    assert set(columns) <= set(table.columns)
+    assert sorted(table["variant"]) == sorted(config["grid"]["variants"])
+    assert (table["seeds"] == len(config["grid"]["seeds"])).all()
+    assert table["val_miou"].is_monotonic_decreasing
+    reference = table.set_index("variant").loc[config["evaluate"]["reference"]]
+    assert (reference["delta_miou"], reference["delta_ci_low"], reference["delta_ci_high"]) == (0, 0, 0)
+    assert (table["test_miou_ci_low"] <= table["test_miou"]).all() and (table["test_miou"] <= table["test_miou_ci_high"]).all()
+    per_class = pd.read_csv(run / "tables" / "comparison_per_class.csv")
+    assert set(per_class["class"]) == {"background", *CLASSES}
+    # Steps budget: every variant of a backbone took the same optimizer steps, oversampled or not.
+    steps = table.assign(backbone=table["variant"].str.split("-").str[0]).groupby("backbone")["steps"].nunique()
+    assert (steps == 1).all()
 
 
 def test_trained_models_beat_the_all_background_baseline(full_run):
@@ -148,7 +175,9 @@ def test_trained_models_beat_the_all_background_baseline(full_run):
     """
     run = full_run / "results" / "tiny"
     summary = pd.read_csv(run / "tables" / "summary.csv")
-    confusion = pd.read_csv(run / "models" / summary["variant"][0] / "evaluation" / "confusion.csv")
+    best = summary["test_miou"].idxmax()
+    confusion = pd.read_csv(run / "models" / summary["variant"][best] / f"seed{summary['seed'][best]}" / "evaluation"
+                            / "confusion.csv")
     truth = confusion.drop(columns="truth").to_numpy().sum(axis=1)
     baseline = (truth[0] / truth.sum()) / (truth > 0).sum()
     assert summary["test_miou"].max() > baseline + 0.05, (summary[["variant", "test_miou"]], baseline)

@@ -2,9 +2,9 @@
 
 ``<cache_dir>/{split}_images.npy`` (N x S x S x 3, RGB) and ``{split}_masks.npy`` (N x S x S),
 in manifest order, opened with memory mapping, so no JPEG is decoded during training. Images are
-resized with the same bilinear resize that evaluation applies to test images, masks with nearest
-neighbour (labels are never interpolated). ``cache.json`` records the key, the image size and the
-manifest's sha256, with the image ids of each split: a cache with another key is refused.
+resized with the same bilinear resize that evaluation applies to test images, masks with
+nearest-exact sampling (labels are never interpolated; pixel centres line up with the image's).
+``cache.json`` records the key, the image size and the manifest's sha256, with the image ids of each split: a cache with another key is refused.
 """
 
 from __future__ import annotations
@@ -51,7 +51,15 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    """Nearest-exact: output pixel x takes source pixel floor((x + 0.5) * s), the pixel its centre falls in.
+
+    As torch's ``nearest-exact``, in integer arithmetic. cv2.INTER_NEAREST takes floor(x * s),
+    which shifts labels against the bilinearly resized image (0.75 source px at 640 -> 256), and
+    cv2.INTER_NEAREST_EXACT breaks the ties where a centre falls on a pixel border the other way.
+    """
+    height, width = mask.shape[:2]
+    centres = 2 * np.arange(size) + 1
+    return mask[np.ix_(centres * height // (2 * size), centres * width // (2 * size))]
 
 
 def split_paths(cache_dir: str | Path, split: str) -> tuple[Path, Path]:

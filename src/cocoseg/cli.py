@@ -88,13 +88,14 @@ def cmd_cache(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from cocoseg.config import load_config
     from cocoseg.train import train, train_distributed
-    from cocoseg.variants import settings_for
+    from cocoseg.variants import run_dir_name, settings_for
 
     config = load_config(args.configfile)
+    settings = settings_for(config, args.variant, args.seed)
     manifest = Path(args.manifest or f"results/{config['run']}/data/manifest.csv")
-    out_dir = Path(args.out_dir or manifest.parents[1] / "models" / args.variant)
-    arguments = (manifest, manifest.parents[1], out_dir, config["dataset"]["classes"],
-                 settings_for(config, args.variant), args.variant, config["run"], args.threads)
+    out_dir = Path(args.out_dir or manifest.parents[1] / "models" / run_dir_name(args.variant, settings.seed))
+    arguments = (manifest, manifest.parents[1], out_dir, config["dataset"]["classes"], settings, args.variant,
+                 config["run"], args.threads)
     if args.nproc > 1:
         train_distributed(args.nproc, *arguments, cache_dir=args.cache_dir, log_file=args.log)
     else:  # one process, or one rank of torchrun (which initialises the process group)
@@ -111,6 +112,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     manifest = Path(args.manifest)
     evaluate(args.checkpoint, manifest, manifest.parents[1], args.out_dir, args.num_workers, args.batch_size,
              args.threads, args.device)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from cocoseg.compare import compare
+    from cocoseg.config import load_config
+    from cocoseg.plots import forest_plot, write_comparison
+    from cocoseg.variants import expand_variants, grid_seeds, run_dir_name
+
+    config = load_config(args.configfile)
+    models = Path(f"results/{config['run']}/models")
+    runs = [models / run_dir_name(v, s) for v in expand_variants(config) for s in grid_seeds(config)]
+    evaluate, out = config["evaluate"], Path(args.out_dir or f"results/{config['run']}")
+    table, per_class = compare([r / "evaluation/metrics.json" for r in runs], [r / "training.json" for r in runs],
+                               [r / "evaluation/per_image_confusion.npz" for r in runs], config["dataset"]["classes"],
+                               evaluate["reference"], evaluate["bootstrap"], evaluate["seed"])
+    write_comparison(table, per_class, evaluate["reference"], evaluate["bootstrap"], out / "tables/comparison.csv",
+                     out / "tables/comparison.html", out / "tables/comparison_per_class.csv")
+    forest_plot(table, per_class, evaluate["reference"], out / "figures/forest.png")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -200,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--configfile", required=True)
     sub.add_argument("--variant", required=True, help="backbone-loss-sampling, e.g. resnet50-focal_tversky-uniform")
     sub.add_argument("--manifest", help="default: results/<run>/data/manifest.csv")
-    sub.add_argument("--out-dir", help="default: results/<run>/models/<variant>")
+    sub.add_argument("--seed", type=int, help="default: the first of grid.seeds")
+    sub.add_argument("--out-dir", help="default: results/<run>/models/<variant>/seed<seed>")
     sub.add_argument("--cache-dir", help="default: results/<run>/cache/<image_size>px (built when missing)")
     sub.add_argument("--threads", type=int, help="the job's cores, shared among this machine's ranks "
                      "(default: torch's, one per core)")
@@ -215,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--num-workers", type=int, default=0)
     sub.add_argument("--threads", type=int, help="intra-op threads (default: torch's, one per core)")
     sub.add_argument("--device", default="auto")
+
+    sub = step("compare", cmd_compare, "bootstrap intervals and paired comparisons of every evaluated variant "
+               "with evaluate.reference: tables/comparison.{csv,html}, comparison_per_class.csv, figures/forest.png")
+    sub.add_argument("--configfile", required=True)
+    sub.add_argument("--out-dir", help="default: results/<run>")
 
     sub = step("predict", cmd_predict, "write label masks and overlays for new images")
     sub.add_argument("--checkpoint", required=True)

@@ -42,11 +42,16 @@ def _prepare_batch(batch: dict[str, Any], device: torch.device) -> tuple[torch.T
 def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
                    loss_fn: torch.nn.Module | None = None,
                    on_prediction: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
-    """Confusion matrix (and mean loss) at each mask's own resolution: logits are upsampled bilinearly."""
+    """Confusion matrices (and mean loss) at each mask's own resolution: logits are upsampled bilinearly.
+
+    Besides the split's metrics, ``image_ids`` and ``per_image_confusion`` (N x C x C, int64, rows
+    truth): each image's own matrix, whose sum is the split's.
+    """
     model.eval()
     confusion = ConfusionMatrix(num_classes, device)
+    per_image: list[torch.Tensor] = []
+    image_ids: list[int] = []
     loss_sum = torch.zeros((), device=device)
-    count = 0
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for batch in loader:
             images, masks = _prepare_batch(batch, device)
@@ -56,15 +61,18 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int,
                 upsampled = F.interpolate(logits[i : i + 1].float(), size=mask.shape, mode="bilinear",
                                           align_corners=False)
                 prediction = upsampled.argmax(1)[0]
-                confusion.update(prediction, mask)
+                per_image.append(confusion.update(prediction, mask))
+                image_ids.append(int(batch["image_id"][i]))
                 if loss_fn is not None:
                     loss_sum += loss_fn(upsampled, mask[None])
                 if on_prediction is not None:
                     on_prediction(batch["image_id"][i], prediction, mask)
-                count += 1
     result = metrics_from_confusion(confusion.numpy())
     result["confusion"] = confusion.numpy()
-    result["loss"] = float(loss_sum) / max(count, 1)
+    result["image_ids"] = np.array(image_ids, dtype=np.int64)
+    result["per_image_confusion"] = (torch.stack(per_image).view(-1, num_classes, num_classes).cpu().numpy()
+                                     if per_image else np.zeros((0, num_classes, num_classes), dtype=np.int64))
+    result["loss"] = float(loss_sum) / max(len(image_ids), 1)
     return result
 
 
@@ -87,12 +95,10 @@ def load_model(checkpoint_path: str | Path, device: torch.device) -> tuple[torch
     return model, state
 
 
-def image_miou(prediction: torch.Tensor, mask: torch.Tensor, num_classes: int) -> float:
-    """mIoU of one image over the classes present in its truth or prediction."""
-    valid = mask != 255
-    index = mask[valid].long() * num_classes + prediction[valid].long()
-    confusion = torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes).cpu().numpy()
-    return float(metrics_from_confusion(confusion)["miou"])
+def per_image_table(image_ids: np.ndarray, confusions: np.ndarray) -> pd.DataFrame:
+    """Each image's mIoU over the classes present in its truth or prediction, by image id."""
+    scores = [metrics_from_confusion(confusion)["miou"] for confusion in confusions]
+    return pd.DataFrame({"image_id": image_ids, "miou": scores}).sort_values("image_id")
 
 
 def _metrics_record(result: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -123,7 +129,11 @@ def evaluate(
     threads: int | None = None,
     device_name: str = "auto",
 ) -> dict[str, Any]:
-    """Write metrics.json, confusion.csv (test), per_image.csv and predictions/ under ``out_dir``."""
+    """Write metrics.json, confusion.csv (test), per_image.csv, per_image_confusion.npz and predictions/.
+
+    ``per_image_confusion.npz`` holds ``image_id`` and ``confusion`` (N x C x C, int64, rows truth)
+    of the test split, and ``val_image_id`` and ``val_confusion`` of the validation split.
+    """
     out_dir = Path(out_dir)
     if threads:
         torch.set_num_threads(threads)
@@ -133,26 +143,29 @@ def evaluate(
     settings = TrainSettings(**{**state["settings"], "num_workers": num_workers, "eval_batch_size": batch_size})
     manifest = pd.read_csv(manifest_path)
     colours = palette(len(classes))
-    per_image: list[dict[str, Any]] = []
 
     def keep(image_id: int, prediction: torch.Tensor, mask: torch.Tensor) -> None:
         save_mask(prediction.to(torch.uint8).cpu().numpy(), out_dir / "predictions" / f"{image_id}.png", colours)
-        per_image.append({"image_id": image_id, "miou": image_miou(prediction, mask, len(classes) + 1)})
 
-    report: dict[str, Any] = {"variant": state["variant"], "checkpoint_epoch": state["epoch"],
+    report: dict[str, Any] = {"variant": state["variant"], "seed": settings.seed, "checkpoint_epoch": state["epoch"],
                               "val_miou_at_selection": state["val_miou"], "resolution": "label mask (original)"}
+    per_image: dict[str, np.ndarray] = {}
     for split in ("val", "test"):
         rows = manifest[manifest["split"] == split].reset_index(drop=True)
         result = evaluate_model(model, eval_loader(rows, Path(run_dir), settings), len(classes) + 1, device,
                                 on_prediction=keep if split == "test" else None)
         report[split] = {"images": len(rows), **_metrics_record(result, classes)}
-        if split == "test":
-            names = ["background", *classes]
-            write_csv(pd.DataFrame(result["confusion"], index=names, columns=names).rename_axis("truth").reset_index(),
-                      out_dir / "confusion.csv")
+        prefix = "" if split == "test" else f"{split}_"
+        per_image[f"{prefix}image_id"] = result["image_ids"]
+        per_image[f"{prefix}confusion"] = result["per_image_confusion"]
         log.info("%s %s: mIoU %.4f, pixel accuracy %.4f", state["variant"], split, result["miou"],
                  result["pixel_accuracy"])
-    write_csv(pd.DataFrame(per_image).sort_values("image_id"), out_dir / "per_image.csv")
+    names = ["background", *classes]
+    write_csv(pd.DataFrame(per_image["confusion"].sum(axis=0), index=names, columns=names)
+              .rename_axis("truth").reset_index(), out_dir / "confusion.csv")
+    write_csv(per_image_table(per_image["image_id"], per_image["confusion"]), out_dir / "per_image.csv")
+    with atomic_path(out_dir / "per_image_confusion.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **per_image)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
     return report

@@ -8,22 +8,30 @@ import torch
 from cocoseg.coco import IGNORE_LABEL
 
 
-class ConfusionMatrix:
-    """Accumulates on the tensors' device with bincount; pixels labelled 255 are left out.
+def confusion_counts(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The flattened confusion matrix (C*C, int64, on the tensors' device); pixels labelled 255 are left out.
 
     Ignored pixels go to one extra bin rather than being masked out: boolean indexing would make
-    the host wait for the GPU. (CUDA's bincount still reads the largest value once per update.)
+    the host wait for the GPU. (CUDA's bincount still reads the largest value once per call.)
     """
+    bins = num_classes**2
+    index = target.long() * num_classes + prediction.long()
+    index = torch.where(target == IGNORE_LABEL, bins, index).flatten()
+    return torch.bincount(index, minlength=bins + 1)[:bins]
+
+
+class ConfusionMatrix:
+    """Accumulates confusion counts on the tensors' device."""
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.num_classes = num_classes
         self.matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
 
-    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        bins = self.num_classes**2
-        index = target.long() * self.num_classes + prediction.long()
-        index = torch.where(target == IGNORE_LABEL, bins, index).flatten()
-        self.matrix += torch.bincount(index, minlength=bins + 1)[:bins]
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Adds one batch (or image); returns its own flattened counts."""
+        counts = confusion_counts(prediction, target, self.num_classes)
+        self.matrix += counts
+        return counts
 
     def numpy(self) -> np.ndarray:
         return self.matrix.view(self.num_classes, self.num_classes).cpu().numpy()

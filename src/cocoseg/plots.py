@@ -26,7 +26,7 @@ def _read_json(path: str | Path) -> dict:
 
 def summary_tables(metrics_paths: list[str | Path], training_paths: list[str | Path],
                    classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One row per variant (test metrics, selection, cost) and the per-class test IoU table."""
+    """One row per run, variant and seed (test metrics, selection, cost), and the per-class test IoU table."""
     rows, per_class = [], []
     for metrics_path, training_path in zip(metrics_paths, training_paths):
         metrics, training = _read_json(metrics_path), _read_json(training_path)
@@ -34,14 +34,15 @@ def summary_tables(metrics_paths: list[str | Path], training_paths: list[str | P
         backbone, loss, sampling = parse_variant(variant)
         test = metrics["test"]
         rows.append({
-            "variant": variant, "backbone": backbone, "loss": loss, "sampling": sampling,
-            "test_miou": test["miou"], "test_miou_objects": test["miou_objects"], "test_mean_dice": test["mean_dice"],
+            "variant": variant, "seed": metrics["seed"], "backbone": backbone, "loss": loss, "sampling": sampling,
+            "val_miou": metrics["val"]["miou"], "test_miou": test["miou"], "test_miou_objects": test["miou_objects"], "test_mean_dice": test["mean_dice"],
             "test_pixel_accuracy": test["pixel_accuracy"], "test_mean_class_accuracy": test["mean_class_accuracy"],
-            "test_fw_iou": test["fw_iou"], "val_miou": metrics["val"]["miou"], "best_epoch": training["best_epoch"],
-            "epochs": training["epochs"], "train_minutes": training["train_seconds"] / 60,
+            "test_fw_iou": test["fw_iou"], "best_epoch": training["best_epoch"], "epochs": training["epochs"],
+            "budget": training["budget"], "steps": training["steps"], "images": training["images"],
+            "train_minutes": training["train_seconds"] / 60,
             "images_per_s": training["images_per_s"], "device": training["device"],
         })
-        per_class.append({"variant": variant, **{name: test["iou"][name] for name in ("background", *classes)},
+        per_class.append({"variant": variant, "seed": metrics["seed"], **{name: test["iou"][name] for name in ("background", *classes)},
                           "mIoU": test["miou"]})
     return pd.DataFrame(rows), pd.DataFrame(per_class)
 
@@ -59,10 +60,14 @@ def write_tables(metrics_paths: list[str | Path], training_paths: list[str | Pat
                  summary_csv: str | Path, summary_html: str | Path, per_class_csv: str | Path,
                  per_class_html: str | Path) -> pd.DataFrame:
     summary, per_class = summary_tables(metrics_paths, training_paths, classes)
-    summary = summary.sort_values("test_miou", ascending=False, na_position="last").reset_index(drop=True)
-    per_class = per_class.set_index("variant").loc[summary["variant"]].reset_index()
-    note = ("Test split, evaluated once with the checkpoint of the best validation mIoU, at each label mask's "
-            "own resolution. mIoU averages every class, background included; the best variant is highlighted.")
+    summary = summary.sort_values(["val_miou", "variant", "seed"], ascending=[False, True, True],
+                                  na_position="last").reset_index(drop=True)
+    per_class = per_class.set_index(["variant", "seed"]).loc[list(zip(summary["variant"], summary["seed"]))]
+    per_class = per_class.reset_index()
+    note = ("One row per training run (variant and seed), ranked by validation mIoU: the highlighted run is the "
+            "one validation chooses; test numbers are reported for it, never used to choose. Validation and test "
+            "are evaluated once with the checkpoint of the best validation mIoU, at each label mask's own "
+            "resolution. mIoU averages every class, background included.")
     write_csv(summary, summary_csv)
     write_csv(per_class, per_class_csv)
     write_text(_highlighted_html(summary, 0, note), summary_html)
@@ -86,11 +91,58 @@ def training_curves(metrics_csvs: dict[str, str | Path], path: str | Path) -> No
     save_figure(fig, path)
 
 
+def write_comparison(table: pd.DataFrame, per_class: pd.DataFrame, reference: str, resamples: int,
+                     csv: str | Path, html: str | Path, per_class_csv: str | Path) -> None:
+    """tables/comparison.{csv,html} and tables/comparison_per_class.csv (see ``cocoseg.compare``)."""
+    note = (f"One row per configuration, ranked by validation mIoU (mean over seeds); the highlighted row is the "
+            f"one validation chooses. Test mIoU is the mean over seeds, with the standard deviation over seeds and "
+            f"a 95% percentile interval from {resamples} bootstrap resamples of the test images (and of the seeds, "
+            f"when there are several). delta_miou is the paired difference from {reference} on the same "
+            f"resamples, with its 95% interval, a two-sided bootstrap p-value and Holm's adjustment over all "
+            f"comparisons; significant means p_holm < 0.05. The intervals do not cover the choice of "
+            f"hyper-parameters or the dataset itself.")
+    write_csv(table, csv)
+    write_csv(per_class, per_class_csv)
+    write_text(_highlighted_html(table, 0, note), html)
+
+
+def forest_plot(table: pd.DataFrame, per_class: pd.DataFrame, reference: str, path: str | Path) -> None:
+    """Each configuration's difference from the reference with its 95% interval: mIoU, then every class."""
+    variants = list(table["variant"])
+    panels = [("mIoU", table.rename(columns={"delta_miou": "delta"}))]
+    for name, rows in per_class.groupby("class", sort=False):
+        panels.append((f"IoU {name}", rows.set_index("variant").loc[variants].reset_index()
+                       .rename(columns={"delta_iou": "delta"})))
+    cols = min(3, len(panels))
+    grid_rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(4.8 * cols, 0.45 * len(variants) * grid_rows + 1.6 * grid_rows),
+                             layout="constrained", squeeze=False, sharey=True)
+    y = np.arange(len(variants))[::-1]
+    for ax, (title, rows) in zip(axes.flat, panels):
+        errors = np.vstack([rows["delta"] - rows["delta_ci_low"], rows["delta_ci_high"] - rows["delta"]])
+        ax.errorbar(rows["delta"], y, xerr=np.nan_to_num(errors), fmt="none", ecolor="#4c72b0", capsize=3)
+        significant = rows["significant"].astype(bool).to_numpy()
+        ax.scatter(rows["delta"][significant], y[significant], color="#c44e52", zorder=3, label="significant (Holm)")
+        ax.scatter(rows["delta"][~significant], y[~significant], facecolor="white", edgecolor="#4c72b0", zorder=3,
+                   label="not significant")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"difference from {reference}", fontsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(y, [f"{v} (reference)" if v == reference else v for v in variants], fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Test IoU difference from the reference, with paired 95% bootstrap intervals", fontsize=10)
+    save_figure(fig, path)
+
+
 def per_class_iou_bars(per_class_csv: str | Path, path: str | Path) -> None:
-    table = pd.read_csv(per_class_csv).set_index("variant").drop(columns="mIoU")
+    runs = pd.read_csv(per_class_csv).drop(columns=["mIoU", "seed"])
+    table = runs.groupby("variant", sort=False).mean()  # mean over seeds
     fig, ax = plt.subplots(figsize=(max(8, 1.2 * table.shape[1] * max(1, len(table)) / 3), 4.5), layout="constrained")
     table.T.plot.bar(ax=ax, rot=0, width=0.85, colormap="tab20")
-    ax.set(ylabel="test IoU", ylim=(0, 1), title="Per-class IoU on the test split")
+    ax.set(ylabel="test IoU (mean over seeds)", ylim=(0, 1), title="Per-class IoU on the test split")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     save_figure(fig, path)

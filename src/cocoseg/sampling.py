@@ -32,11 +32,17 @@ class RepeatFactorSampler(Sampler[int]):
 
     With ``num_replicas > 1`` each rank takes every num_replicas-th index of the same epoch list
     (cut to a multiple of the ranks), as DistributedSampler with drop_last does, so oversampling survives.
+
+    ``epoch_size`` cuts every epoch's list to that many items (a fixed budget of steps, as LVIS
+    fixes iterations): each epoch is a fresh repeat-factor draw in random order, so its first
+    ``epoch_size`` items are an unbiased sample of it. With every r_i >= 1 an epoch holds at least
+    one item per image, so an epoch_size of at most the number of images is always filled.
     """
 
-    def __init__(self, factors: np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, factors: np.ndarray, seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 epoch_size: int | None = None) -> None:
         self.factors = np.asarray(factors, dtype=np.float64)
-        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.seed, self.num_replicas, self.rank, self.epoch_size = seed, num_replicas, rank, epoch_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -53,7 +59,7 @@ class RepeatFactorSampler(Sampler[int]):
         counts = (whole + (extra < self.factors - whole)).astype(int)
         indices = np.repeat(np.arange(len(self.factors)), counts)
         order = torch.randperm(len(indices), generator=generator).numpy()
-        items = list(enumerate(indices[order].tolist()))
+        items = list(enumerate(indices[order].tolist()))[: self.epoch_size]
         if self.num_replicas > 1:
             # Cut to a multiple of the ranks, so that each rank's whole batches make up the
             # single process's whole batches (the tail is dropped either way).

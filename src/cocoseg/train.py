@@ -76,6 +76,7 @@ class TrainSettings:
     sampling: str
     image_size: int = 256
     epochs: int = 30
+    budget: str = "steps"  # steps | epochs: see epoch_size()
     batch_size: int = 4
     lr: float = 1e-4
     lr_scaling: str = "sqrt"  # sqrt | linear | none: how lr follows batch_size / base_batch_size
@@ -149,6 +150,19 @@ def select_device(name: str = "auto", ranks: Ranks = Ranks()) -> torch.device:
         local_rank = int(os.environ.get("LOCAL_RANK", ranks.rank))
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(name)
+
+
+def epoch_size(settings: TrainSettings, train_images: int) -> int | None:
+    """Samples per epoch: with the ``steps`` budget, the train split's size whatever the sampling.
+
+    So every sampling of a backbone takes the optimizer steps uniform sampling takes in
+    ``epochs`` epochs; with ``epochs``, an oversampled epoch is its whole repeat-factor draw.
+    """
+    if settings.budget == "steps":
+        return train_images
+    if settings.budget == "epochs":
+        return None
+    raise ValueError(f"unknown train.budget {settings.budget!r}; use steps or epochs")
 
 
 def lr_factor(epoch: int, settings: TrainSettings) -> float:
@@ -255,8 +269,9 @@ def _loss(train_rows: pd.DataFrame, classes: list[str], settings: TrainSettings,
     """The variant's loss; the class weights of a weighted loss are written to ``out_dir`` (rank 0 passes it)."""
     weights = None
     if settings.loss == "weighted_cross_entropy":
-        counts = train_rows[[f"pixels_{c}" for c in ("background", *classes)]].sum().to_numpy()
-        values = class_weights(counts, settings.class_weights)
+        image_pixels = train_rows[[f"pixels_{c}" for c in ("background", *classes)]].to_numpy()
+        counts = image_pixels.sum(axis=0)
+        values = class_weights(image_pixels, settings.class_weights)
         if out_dir is not None:
             write_csv(pd.DataFrame({"class": ["background", *classes], "train_pixels": counts, "weight": values}),
                       out_dir / "class_weights.csv")
@@ -308,12 +323,13 @@ class NonFiniteLoss:
         return int(step), float(self.value)
 
 
-def _epoch_row(epoch: int, lr: float, train_loss: float, val: dict[str, Any], classes: list[str], seen: int,
-               seconds: float) -> dict[str, Any]:
+def _epoch_row(epoch: int, lr: float, train_loss: float, val: dict[str, Any], classes: list[str], steps: int,
+               batch_size: int, seconds: float) -> dict[str, Any]:
+    seen = steps * batch_size  # whole batches only: the sampler's tail that fills no batch is dropped
     return {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "val_loss": val["loss"], "val_miou": val["miou"],
             "val_pixel_accuracy": val["pixel_accuracy"],
             **{f"val_iou_{name}": v for name, v in zip(("background", *classes), val["iou"])},
-            "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+            "steps": steps, "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
 
 class _Run:
@@ -343,7 +359,8 @@ class _Run:
                                           weight_decay=settings.weight_decay, fused=device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda epoch: lr_factor(epoch, settings))
         sampler = RepeatFactorSampler(_sampling_factors(self.train_rows, classes, settings), seed=settings.seed,
-                                      num_replicas=self.ranks.world_size, rank=self.ranks.rank)
+                                      num_replicas=self.ranks.world_size, rank=self.ranks.rank,
+                                      epoch_size=epoch_size(settings, len(self.train_rows)))
         self.rank_batch_size = settings.batch_size // self.ranks.world_size
         self.batches = train_batches(train_split, sampler, self.rank_batch_size, settings.hflip, settings.vflip,
                                      settings.rotate, settings.seed, settings.num_workers, device,
@@ -431,7 +448,7 @@ class _Run:
                 f"{self.train_rows['image_id'].iloc[indices].tolist()}")
 
     def train_epoch(self, ddp_model: torch.nn.Module) -> tuple[float, int]:
-        """One epoch from ``self.step`` on; returns the mean train loss and the images seen (all ranks)."""
+        """One epoch from ``self.step`` on; returns the mean train loss and the epoch's optimizer steps."""
         s = self.settings
         ddp_model.train()
         loss_sum = torch.full((), self.partial["loss"], device=self.device)
@@ -455,7 +472,7 @@ class _Run:
                 self._raise_if_nonfinite(nonfinite)
         self._raise_if_nonfinite(nonfinite)
         mean_loss = float(_all_reduce(loss_sum, self.ranks)) / max(1, steps * self.ranks.world_size)
-        return mean_loss, steps * s.batch_size
+        return mean_loss, steps
 
     def _sync_buffers(self) -> None:
         """Rank 0's batch-norm statistics everywhere (plain BatchNorm keeps them per rank)."""
@@ -463,7 +480,7 @@ class _Run:
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, 0)
 
-    def end_epoch(self, train_loss: float, seen: int, train_seconds: float, started: float, wandb_run: Any) -> None:
+    def end_epoch(self, train_loss: float, steps: int, train_seconds: float, started: float, wandb_run: Any) -> None:
         s = self.settings
         if s.bn_recalibration:
             recalibrate_batch_norm(self.model, self.batches.epoch(self.epoch), s.bn_recalibration, self.device,
@@ -472,8 +489,8 @@ class _Run:
         val = validate(self.model, self.val_images, self.val_masks, len(self.classes) + 1, s.eval_batch_size,
                        self.device, self.precision, self.loss_fn, self.ranks)
         self.elapsed += time.perf_counter() - started
-        row = _epoch_row(self.epoch, self.optimizer.param_groups[0]["lr"], train_loss, val, self.classes, seen,
-                         train_seconds)
+        row = _epoch_row(self.epoch, self.optimizer.param_groups[0]["lr"], train_loss, val, self.classes, steps,
+                         s.batch_size, train_seconds)
         self.history.append(row)
         self.scheduler.step()
         if val["miou"] > self.best["miou"]:
@@ -518,7 +535,7 @@ class _Run:
             while self.epoch < self.settings.epochs:
                 started = time.perf_counter()
                 try:
-                    train_loss, seen = self.train_epoch(model)
+                    train_loss, steps = self.train_epoch(model)
                 except TrainingInterrupted:
                     self.elapsed += time.perf_counter() - started
                     self.partial["seconds"] += time.perf_counter() - started
@@ -530,7 +547,7 @@ class _Run:
                     torch.cuda.synchronize(self.device)
                 train_seconds = time.perf_counter() - started + self.partial["seconds"]
                 self.partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
-                self.end_epoch(train_loss, seen, train_seconds, started, wandb_run)
+                self.end_epoch(train_loss, steps, train_seconds, started, wandb_run)
                 if on_epoch_end is not None:
                     on_epoch_end(self.epoch - 1)
         finally:
@@ -544,7 +561,9 @@ class _Run:
         """training.json, the final metrics.csv, and best.pt copied out of checkpoints/."""
         frame = pd.DataFrame(self.history)
         summary = {"variant": self.variant, "best_epoch": self.best["epoch"], "best_val_miou": self.best["miou"],
-                   "epochs": self.settings.epochs, "train_seconds": float(frame["seconds"].sum()),
+                   "seed": self.settings.seed, "epochs": self.settings.epochs, "budget": self.settings.budget,
+                   "steps": int(frame["steps"].sum()), "images": int(frame["images"].sum()),
+                   "train_seconds": float(frame["seconds"].sum()),
                    "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
                    "wall_seconds": self.elapsed, "device": str(self.device), "world_size": self.ranks.world_size,
                    "precision": precision_name(self.precision), "memory_format": MEMORY_FORMAT,

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cocoseg.config import ConfigError, validate_config
 from cocoseg.provenance import git_commit
-from cocoseg.variants import expand_variants, settings_for
+from cocoseg.variants import expand_variants, grid_seeds, settings_for
 
 try:
     config.update(validate_config(config, workflow.source_path("../../config/schema.yaml")))
@@ -60,6 +60,15 @@ def extracted_listing():
 MASK_SHARDS = list(range(config["masks"]["shards"]))
 
 VARIANTS = expand_variants(config)
+SEEDS = grid_seeds(config)
+if config["evaluate"]["reference"] not in VARIANTS:
+    raise WorkflowError(f"evaluate.reference: {config['evaluate']['reference']!r} is not a variant of the grid "
+                        f"({', '.join(VARIANTS)}); set evaluate.reference to one of them")
+
+
+def runs(pattern):
+    """``pattern`` (with {variant} and {seed}) for every training run: each variant once per seed."""
+    return expand(pattern, variant=VARIANTS, seed=SEEDS)
 
 
 def variant_cache(wildcards):
@@ -68,11 +77,12 @@ def variant_cache(wildcards):
 
 
 def train_settings(wildcards):
-    """The variant's training settings, as a plain dict (Snakemake tracks params for reruns)."""
-    return asdict(settings_for(config, wildcards.variant))
+    """The run's training settings, as a plain dict (Snakemake tracks params for reruns)."""
+    return asdict(settings_for(config, wildcards.variant, int(wildcards.seed)))
 
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
+    seed=r"\d+",
 
 GIT_COMMIT = git_commit(workflow.basedir)

@@ -6,9 +6,10 @@ rule evaluate:
         model=rules.train.output.model,
         manifest=rules.split.output.manifest,
     output:
-        metrics=f"{RUN}/models/{{variant}}/evaluation/metrics.json",
-        confusion=f"{RUN}/models/{{variant}}/evaluation/confusion.csv",
-        per_image=f"{RUN}/models/{{variant}}/evaluation/per_image.csv",
+        metrics=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/metrics.json",
+        confusion=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/confusion.csv",
+        per_image=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image.csv",
+        per_image_confusion=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image_confusion.npz",
     params:
         batch_size=lookup(dpath="evaluate/batch_size", within=config),
         num_workers=lookup(dpath="train/num_workers", within=config),
@@ -18,12 +19,12 @@ rule evaluate:
         gpu=lookup(dpath="train/gpus", within=config),
         mem_mb=lookup(dpath="train/mem_mb", within=config),
     log:
-        f"{RUN}/logs/evaluate_{{variant}}.log",
+        f"{RUN}/logs/evaluate_{{variant}}_seed{{seed}}.log",
     benchmark:
-        f"{RUN}/benchmarks/evaluate_{{variant}}.tsv"
+        f"{RUN}/benchmarks/evaluate_{{variant}}_seed{{seed}}.tsv"
     conda:
         "../../envs/train.yaml"
     message:
-        "Evaluating {wildcards.variant} on the test split"
+        "Evaluating {wildcards.variant} (seed {wildcards.seed}) on the validation and test splits"
     script:
         "../scripts/evaluate.py"

@@ -1,10 +1,10 @@
-# Tables and figures across variants, each marked for `snakemake --report`.
+# Tables and figures across variants and seeds, each marked for `snakemake --report`.
 
 
 rule tables:
     input:
-        metrics=expand(rules.evaluate.output.metrics, variant=VARIANTS),
-        training=expand(rules.train.output.summary, variant=VARIANTS),
+        metrics=runs(rules.evaluate.output.metrics),
+        training=runs(rules.train.output.summary),
     output:
         summary=f"{RUN}/tables/summary.csv",
         summary_html=report(f"{RUN}/tables/summary.html", category="Evaluation",
@@ -19,18 +19,44 @@ rule tables:
     conda:
         "../../envs/train.yaml"
     message:
-        "Result tables of {} variants".format(len(VARIANTS))
+        "Result tables of {} variants x {} seeds".format(len(VARIANTS), len(SEEDS))
     script:
         "../scripts/tables.py"
 
 
+rule compare:
+    input:
+        metrics=runs(rules.evaluate.output.metrics),
+        training=runs(rules.train.output.summary),
+        per_image_confusion=runs(rules.evaluate.output.per_image_confusion),
+    output:
+        table=f"{RUN}/tables/comparison.csv",
+        table_html=report(f"{RUN}/tables/comparison.html", category="Evaluation",
+                          caption="../../report/comparison.rst"),
+        per_class=f"{RUN}/tables/comparison_per_class.csv",
+        forest=report(f"{RUN}/figures/forest.png", category="Evaluation", caption="../../report/forest.rst"),
+    params:
+        classes=CLASSES,
+        reference=lookup(dpath="evaluate/reference", within=config),
+        resamples=lookup(dpath="evaluate/bootstrap", within=config),
+        seed=lookup(dpath="evaluate/seed", within=config),
+    log:
+        f"{RUN}/logs/compare.log",
+    conda:
+        "../../envs/train.yaml"
+    message:
+        "Comparing {} variants with {{params.reference}}: bootstrap intervals and paired tests".format(len(VARIANTS))
+    script:
+        "../scripts/compare.py"
+
+
 rule curves:
     input:
-        expand(rules.train.output.metrics, variant=VARIANTS),
+        runs(rules.train.output.metrics),
     output:
         report(f"{RUN}/figures/training_curves.png", category="Training", caption="../../report/training_curves.rst"),
     params:
-        variants=VARIANTS,
+        runs=runs("{variant} seed {seed}"),
     log:
         f"{RUN}/logs/curves.log",
     conda:
@@ -44,14 +70,14 @@ rule curves:
 rule evaluation_figures:
     input:
         per_class=rules.tables.output.per_class,
-        confusion=expand(rules.evaluate.output.confusion, variant=VARIANTS),
+        confusion=expand(rules.evaluate.output.confusion, variant=VARIANTS, seed=SEEDS[0]),
     output:
         per_class=report(f"{RUN}/figures/per_class_iou.png", category="Evaluation",
                          caption="../../report/per_class_iou_figure.rst"),
         confusion=report(f"{RUN}/figures/confusion.png", category="Evaluation",
                          caption="../../report/confusion.rst"),
     params:
-        variants=VARIANTS,
+        variants=[f"{variant} seed {SEEDS[0]}" for variant in VARIANTS],
     log:
         f"{RUN}/logs/evaluation_figures.log",
     conda:
@@ -64,7 +90,8 @@ rule evaluation_figures:
 
 rule prediction_figures:
     input:
-        evaluation=rules.evaluate.output.per_image,
+        evaluation=lambda wildcards: expand(rules.evaluate.output.per_image, variant=wildcards.variant,
+                                            seed=SEEDS[0])[0],
         manifest=rules.split.output.manifest,
     output:
         sample=report(f"{RUN}/figures/predictions/{{variant}}.png", category="Predictions",
@@ -89,6 +116,7 @@ rule prediction_figures:
 rule results:
     input:
         rules.tables.output,
+        rules.compare.output,
         rules.curves.output,
         rules.evaluation_figures.output,
         expand(rules.prediction_figures.output, variant=VARIANTS),

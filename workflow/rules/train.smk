@@ -1,4 +1,4 @@
-# The training cache per image size, then one training job per variant; each resumes from its last
+# The training cache per image size, then one training job per variant and seed; each resumes from its last
 # checkpoint when rerun, and runs on several GPUs (DistributedDataParallel) when given them.
 
 
@@ -26,9 +26,9 @@ rule train:
         manifest=rules.split.output.manifest,
         cache=variant_cache,
     output:
-        model=f"{RUN}/models/{{variant}}/best.pt",
-        metrics=f"{RUN}/models/{{variant}}/metrics.csv",
-        summary=f"{RUN}/models/{{variant}}/training.json",
+        model=f"{RUN}/models/{{variant}}/seed{{seed}}/best.pt",
+        metrics=f"{RUN}/models/{{variant}}/seed{{seed}}/metrics.csv",
+        summary=f"{RUN}/models/{{variant}}/seed{{seed}}/training.json",
     params:
         settings=train_settings,
         classes=CLASSES,
@@ -39,12 +39,12 @@ rule train:
         mem_mb=lookup(dpath="train/mem_mb", within=config),
         runtime=lookup(dpath="train/runtime", within=config),
     log:
-        f"{RUN}/logs/train_{{variant}}.log",
+        f"{RUN}/logs/train_{{variant}}_seed{{seed}}.log",
     benchmark:
-        f"{RUN}/benchmarks/train_{{variant}}.tsv"
+        f"{RUN}/benchmarks/train_{{variant}}_seed{{seed}}.tsv"
     conda:
         "../../envs/train.yaml"
     message:
-        "Training {wildcards.variant}"
+        "Training {wildcards.variant} (seed {wildcards.seed})"
     script:
         "../scripts/train.py"
