@@ -30,3 +30,13 @@ def test_bench_train_smoke(tmp_path):
         assert paths["train_ratio"] == ours / study
         assert paths["grid_hours"]["cocoseg"] > 0 and paths["grid_hours"]["study"] > 0
     assert result["grid_hours"]["cocoseg"] == sum(b["grid_hours"]["cocoseg"] for b in result["backbones"].values())
+
+
+def test_bench_bootstrap_smoke(tmp_path):
+    out = tmp_path / "bootstrap.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_bootstrap.py"), "--configurations", "2",
+                    "--seeds", "2", "--images", "30", "--resamples", "100", "--json", str(out)],
+                   check=True, cwd=tmp_path, timeout=300)
+    result = json.loads(out.read_text())
+    # The vectorised replicates are the loop's, to rounding: the benchmark compares like with like.
+    assert result["max_abs_difference"] < 1e-12 and result["resamples"] == 100
