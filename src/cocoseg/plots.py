@@ -122,18 +122,20 @@ def forest_plot(table: pd.DataFrame, per_class: pd.DataFrame, reference: str, pa
         errors = np.vstack([rows["delta"] - rows["delta_ci_low"], rows["delta_ci_high"] - rows["delta"]])
         ax.errorbar(rows["delta"], y, xerr=np.nan_to_num(errors), fmt="none", ecolor="#4c72b0", capsize=3)
         significant = rows["significant"].astype(bool).to_numpy()
-        ax.scatter(rows["delta"][significant], y[significant], color="#c44e52", zorder=3, label="significant (Holm)")
+        ax.scatter(rows["delta"][significant], y[significant], color="#c44e52", zorder=3,
+                   label="significant after Holm's adjustment")
         ax.scatter(rows["delta"][~significant], y[~significant], facecolor="white", edgecolor="#4c72b0", zorder=3,
                    label="not significant")
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel(f"difference from {reference}", fontsize=7)
+        ax.tick_params(labelsize=7)
         ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].set_yticks(y, [f"{v} (reference)" if v == reference else v for v in variants], fontsize=7)
+    axes[0, 0].set_yticks(y, [f"{v} (reference)" if v == reference else v for v in variants])
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes[0, 0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("Test IoU difference from the reference, with paired 95% bootstrap intervals", fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
+    fig.suptitle(f"Test IoU difference from {reference}, with paired 95% bootstrap intervals", fontsize=10)
     save_figure(fig, path)
 
 
