@@ -89,6 +89,23 @@ def test_resume_in_the_middle_of_an_epoch_is_exact(run_dir, tmp_path, monkeypatc
     pd.testing.assert_frame_equal(a, b)  # the epoch's train loss counts the steps before the interruption
 
 
+def test_resume_loads_the_checkpoint_on_the_cpu_whatever_the_training_device(run_dir, tmp_path):
+    """The GPU path, with ``meta`` standing in for ``cuda``: a checkpoint mapped to the training device
+    would hold its RNG states there, and torch.set_rng_state (like torch.cuda.set_rng_state_all)
+    refuses anything but a CPU ByteTensor; it also could not copy weights out of ``meta``."""
+    run_training(run_dir, tmp_path, settings=settings(epochs=1))
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    run = train_module._Run(run_dir / "data" / "manifest.csv", run_dir, tmp_path, CLASSES, settings(epochs=1), "v",
+                            "run", 2, run_dir / "cache" / "48px")
+    run.device = torch.device("meta")
+    torch.manual_seed(12345)  # anything but the saved state
+    run.resume()
+    assert run.epoch == 1
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    for name, value in run.model.state_dict().items():
+        torch.testing.assert_close(value, saved["model"][name], rtol=0, atol=0, msg=name)
+
+
 def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):
     summary = run_training(run_dir, tmp_path, settings=settings(epochs=1, loss="weighted_cross_entropy"))
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
@@ -119,6 +136,8 @@ def test_nan_loss_stops_with_epoch_and_step(run_dir, tmp_path, monkeypatch):
 def test_evaluate_and_predict_from_the_checkpoint(run_dir, tmp_path, synthetic):
     run_training(run_dir, tmp_path / "model", settings=settings(epochs=1))
     report = evaluate(tmp_path / "model" / "best.pt", run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval")
+    assert report["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # the checkpoint's auto, resolved
+    assert report["memory_format"] == "channels_last"
     manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
     test_ids = manifest.loc[manifest["split"] == "test", "image_id"]
     assert report["test"]["images"] == len(test_ids)

@@ -111,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     manifest = Path(args.manifest)
     evaluate(args.checkpoint, manifest, manifest.parents[1], args.out_dir, args.num_workers, args.batch_size,
-             args.threads, args.device)
+             args.threads, args.device, args.precision)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--num-workers", type=int, default=0)
     sub.add_argument("--threads", type=int, help="intra-op threads (default: torch's, one per core)")
     sub.add_argument("--device", default="auto")
+    sub.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the checkpoint's train.precision")
 
     sub = step("compare", cmd_compare, "bootstrap intervals and paired comparisons of every evaluated variant "
                "with evaluate.reference: tables/comparison.{csv,html}, comparison_per_class.csv, figures/forest.png")
