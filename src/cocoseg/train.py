@@ -28,7 +28,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +47,11 @@ from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
 from cocoseg.sampling import RepeatFactorSampler, repeat_factors
+from cocoseg.settings import EXECUTION_SETTINGS, TrainSettings, scaled_lr
 
 log = logging.getLogger(__name__)
 
 TIMING_COLUMNS = ("seconds", "images_per_s")
-# Settings that change how a run is executed, not what it computes: a checkpoint resumes across them.
-# ``precision`` is among them as written (auto, bf16, fp32), but what it resolves to on this device
-# is in the fingerprint: bf16 and fp32 round differently, so a run never silently continues in the
-# other one (``auto`` moved to a CPU without bf16 starts afresh), while ``auto`` and ``bf16``, the
-# same numerics on a bf16 machine, resume each other.
-EXECUTION_SETTINGS = ("num_workers", "eval_batch_size", "device", "wandb_mode", "wandb_project", "compile",
-                      "precision")
 # Steps between reads of the device-side checks (a non-finite loss; with several ranks, SIGTERM).
 CHECK_EVERY = 25
 
@@ -67,57 +61,6 @@ class TrainingInterrupted(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(143)
-
-
-@dataclass
-class TrainSettings:
-    backbone: str
-    loss: str
-    sampling: str
-    image_size: int = 256
-    epochs: int = 30
-    budget: str = "steps"  # steps | epochs: see epoch_size()
-    batch_size: int = 4
-    lr: float = 1e-4
-    lr_scaling: str = "sqrt"  # sqrt | linear | none: how lr follows batch_size / base_batch_size
-    base_batch_size: int = 4
-    weight_decay: float = 0.0
-    scheduler: str = "none"  # none | cosine | poly
-    warmup_epochs: int = 0
-    hflip: float = 0.5
-    vflip: float = 0.5
-    rotate: float = 15.0
-    weights_backbone: str = "none"
-    aux_loss: bool = False
-    aux_weight: float = 0.4
-    bn_momentum: float | None = None
-    bn_recalibration: int = 0
-    class_weights: str = "inverse_sqrt"
-    repeat_threshold: float = 0.3
-    focal_tversky: dict[str, float] = field(default_factory=lambda: {"alpha": 0.3, "beta": 0.7, "gamma": 0.75})
-    data_on_device: str = "auto"  # auto | always | never: keep the train split on the device, augment there
-    compile: bool = False
-    precision: str = "auto"  # auto | bf16 | fp32: autocast dtype, resolved per device (cocoseg.device)
-    eval_batch_size: int = 8
-    num_workers: int = 2
-    seed: int = 0
-    device: str = "auto"
-    wandb_mode: str = "offline"
-    wandb_project: str = "cocoseg"
-
-
-def scaled_lr(settings: TrainSettings) -> float:
-    """``lr`` is the rate for ``base_batch_size``; another batch size scales it.
-
-    ``sqrt`` multiplies by sqrt(batch_size / base_batch_size), the rule for Adam (Malladi et al.,
-    "On the SDEs and scaling rules for adaptive gradient algorithms", NeurIPS 2022); ``linear``
-    by the ratio itself, the rule for SGD (Goyal et al. 2017); ``none`` keeps ``lr``.
-    """
-    ratio = settings.batch_size / settings.base_batch_size
-    factors = {"sqrt": math.sqrt(ratio), "linear": ratio, "none": 1.0}
-    if settings.lr_scaling not in factors:
-        raise ValueError(f"unknown lr_scaling {settings.lr_scaling!r}; use one of {', '.join(factors)}")
-    return settings.lr * factors[settings.lr_scaling]
 
 
 @dataclass(frozen=True)
@@ -207,8 +150,14 @@ def save_checkpoint(path: Path, **state: Any) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=device, weights_only=True)
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint, every tensor on the CPU, whatever device it was saved from or will be used on.
+
+    ``load_state_dict`` copies weights and optimizer state to their parameters' device, and the
+    saved RNG states must stay CPU ByteTensors: ``torch.set_rng_state`` and
+    ``torch.cuda.set_rng_state_all`` refuse them anywhere else.
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def validate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int,
@@ -405,7 +354,7 @@ class _Run:
         return to_channels_last(model)
 
     def resume(self) -> None:
-        state = load_checkpoint(self.last_path, self.device) if self.last_path.exists() else None
+        state = load_checkpoint(self.last_path) if self.last_path.exists() else None
         if state is not None and state.get("fingerprint") != self.fingerprint:
             log.warning("%s was made with other settings or data: starting afresh", self.last_path)
             state = None
