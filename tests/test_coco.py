@@ -2,14 +2,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from cocoseg.coco import (
-    SegmentationError,
-    UnknownClassError,
-    check_class_names,
-    decode,
-    rle_string_counts,
-    segmentation_rle,
-)
+from cocoseg.categories import UnknownClassError, check_class_names
+from cocoseg.coco import SegmentationError, decode, rle_string_counts, segmentation_rle
 
 
 def column_major_runs(mask: np.ndarray) -> list[int]:

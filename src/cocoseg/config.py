@@ -4,15 +4,17 @@ a schema cannot express."""
 from __future__ import annotations
 
 import copy
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from cocoseg.coco import COCO_CATEGORY_NAMES, check_class_names
+from cocoseg.categories import COCO_CATEGORY_NAMES, check_class_names
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+# Package data, so that an installed cocoseg (not only a checkout) validates a config.
+SCHEMA_PATH = Path(str(importlib.resources.files("cocoseg").joinpath("schema.yaml")))
 
 
 class ConfigError(ValueError):

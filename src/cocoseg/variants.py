@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from cocoseg.train import TrainSettings
+from cocoseg.settings import TrainSettings
 
 
 def expand_variants(config: dict[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ from cocoseg.provenance import git_commit
 from cocoseg.variants import expand_variants, grid_seeds, settings_for
 
 try:
-    config.update(validate_config(config, workflow.source_path("../../config/schema.yaml")))
+    config.update(validate_config(config))
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 

@@ -26,7 +26,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from cocoseg.coco import COCO_CATEGORIES
+from cocoseg.categories import COCO_CATEGORIES
 from cocoseg.io import atomic_path
 
 log = logging.getLogger(__name__)
