@@ -8,6 +8,7 @@ unfinished job, and only its lock is left to clear.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,7 +36,8 @@ def prepare(root: Path) -> list[str]:
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     config["run"] = RUN
     config["dataset"].update(name="synthetic-crash", max_images=30)
-    config["dataset"]["synthetic"].update(num_images=40, seed=5, sizes=[[320, 240], [240, 320]])
+    # COCO-sized images: the mask and cache jobs work long enough to be killed part way.
+    config["dataset"]["synthetic"].update(num_images=40, seed=5, sizes=[[640, 480], [480, 640]])
     config["masks"]["shards"] = 2
     config["grid"]["variants"] = [VARIANT]
     if "seeds" in config["grid"]:
@@ -104,7 +106,8 @@ def kill_when(process: subprocess.Popen, log: Path, ready: Callable[[], bool], s
         if (jobs or not script) and ready():
             if script:
                 for job in jobs:
-                    os.kill(job, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):  # it ended in the meantime
+                        os.kill(job, signal.SIGKILL)
             else:
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=60)
