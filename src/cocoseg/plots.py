@@ -41,6 +41,7 @@ def summary_tables(metrics_paths: list[str | Path], training_paths: list[str | P
             "budget": training["budget"], "steps": training["steps"], "images": training["images"],
             "train_minutes": training["train_seconds"] / 60,
             "images_per_s": training["images_per_s"], "device": training["device"],
+            "precision": training["precision"], "memory_format": training["memory_format"],
         })
         per_class.append({"variant": variant, "seed": metrics["seed"], **{name: test["iou"][name] for name in ("background", *classes)},
                           "mIoU": test["miou"]})
