@@ -142,3 +142,24 @@ def test_learning_rate_follows_the_batch_size(rule, batch, expected):
                              lr_scaling=rule)
     assert scaled_lr(settings) == pytest.approx(expected)
 
+
+
+@pytest.mark.parametrize("source", [LoaderBatches, DeviceBatches])
+def test_two_ranks_together_augment_as_one_process(run_dir, cache_dir, source):
+    """Rank r holds every 2nd sample of the step's whole batch, and the same flips and rotation as one process."""
+    split = load_split(cache_dir, "train", run_dir / "data" / "manifest.csv", SIZE)
+    factors = np.where(np.arange(18) % 3 == 0, 2.6, 1.0)
+    augment = dict(hflip=0.5, vflip=0.5, rotate=20.0, seed=0, device=torch.device("cpu"))
+    if source is LoaderBatches:
+        augment["num_workers"] = 0
+
+    def batches(batch_size, **ranks):
+        return list(source(split, RepeatFactorSampler(factors, seed=1, **ranks), batch_size, **augment).epoch(1))
+
+    single = batches(4)
+    ranks = [batches(2, num_replicas=2, rank=r) for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) > 0
+    for step, (images, masks) in enumerate(single):
+        for r in (0, 1):
+            torch.testing.assert_close(ranks[r][step][0], images[r::2], rtol=0, atol=0)
+            torch.testing.assert_close(ranks[r][step][1], masks[r::2], rtol=0, atol=0)

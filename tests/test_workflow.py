@@ -11,13 +11,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import CLASSES, REPO
+from conftest import CLASSES, REPO, without_training_stack
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
 
-def snakemake(*args, cwd=REPO, check=True):
-    result = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
+def snakemake(*args, cwd=REPO, check=True, env=None):
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -33,6 +33,21 @@ def test_dry_run_plans_the_study_without_network(tmp_path):
     assert jobs["compare"] == "1"
     assert "synth" not in jobs
     assert "http://images.cocodataset.org/zips/val2014.zip" in out
+
+
+def planned_jobs(out: str) -> dict[str, int]:
+    """The dry run's job stats table: rule name -> count."""
+    rows = (line.split() for line in out.splitlines())
+    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
+
+
+@pytest.mark.parametrize("config", ["config/config.yaml", "config/demo.yaml"])
+def test_parsing_the_workflow_needs_no_training_stack(tmp_path, config):
+    """The driver plans jobs whose environments (--use-conda) hold torch & co.; it must not need them itself."""
+    env = without_training_stack(tmp_path / "blocked")
+    out = snakemake("-n", "--directory", str(tmp_path / "run"), "--configfile", str(REPO / config), env=env).stdout
+    jobs = planned_jobs(out)
+    assert jobs["train"] == jobs["evaluate"] >= 1 and jobs["masks"] >= 1
 
 
 def test_dry_run_plans_the_demo(tmp_path):
@@ -181,6 +196,41 @@ def test_trained_models_beat_the_all_background_baseline(full_run):
     truth = confusion.drop(columns="truth").to_numpy().sum(axis=1)
     baseline = (truth[0] / truth.sum()) / (truth > 0).sum()
     assert summary["test_miou"].max() > baseline + 0.05, (summary[["variant", "test_miou"]], baseline)
+
+
+def test_execution_settings_rerun_nothing_and_result_settings_retrain(full_run, tmp_path):
+    """num_workers, device, eval batch size, wandb and compile change how a job runs, not what it computes."""
+    config = yaml.safe_load((full_run / "tiny.yaml").read_text())
+    config["train"].update(num_workers=1, device="cpu", compile=True)
+    config["evaluate"]["batch_size"] = 3
+    config["wandb"].update(mode="offline", project="elsewhere")
+    (tmp_path / "execution.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--directory", str(full_run), "--configfile", str(tmp_path / "execution.yaml")).stdout
+    assert "Nothing to be done" in out, out
+    config["train"]["lr"] *= 2
+    (tmp_path / "lr.yaml").write_text(yaml.safe_dump(config))
+    out = snakemake("-n", "--directory", str(full_run), "--configfile", str(tmp_path / "lr.yaml")).stdout
+    jobs = planned_jobs(out)
+    assert jobs["train"] == len(config["grid"]["variants"]) * len(config["grid"]["seeds"]), out
+
+
+def test_two_gpus_through_a_real_snakemake_run_train_two_ranks(data_run):
+    """``train.gpus: 2`` takes the rule's multi-process branch: spawned ranks (gloo standing in for NCCL).
+
+    A spawned rank re-imports its parent's main script, which under Snakemake is the rule script
+    without the preamble that defines ``snakemake``: every rank died with a NameError.
+    """
+    config = yaml.safe_load((data_run / "tiny.yaml").read_text())
+    config["run"] = "tiny-ddp"
+    config["grid"].update(variants=["mobilenet_v3_large-cross_entropy-uniform"], seeds=[0])
+    config["train"].update(image_size=32, epochs=1, gpus=2, batch_size=4, base_batch_size=4)
+    (data_run / "ddp.yaml").write_text(yaml.safe_dump(config))
+    model = data_run / "results/tiny-ddp/models/mobilenet_v3_large-cross_entropy-uniform/seed0"
+    snakemake(str(model.relative_to(data_run) / "training.json"), "--cores", "2", "--resources", "gpu=2",
+              "--directory", str(data_run), "--configfile", str(data_run / "ddp.yaml"))
+    assert json.loads((model / "training.json").read_text())["world_size"] == 2
+    log = (data_run / "results/tiny-ddp/logs/train_mobilenet_v3_large-cross_entropy-uniform_seed0.log").read_text()
+    assert "[rank 0]" in log and "[rank 1]" in log
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -70,13 +70,15 @@ def flip_batch(images: torch.Tensor, masks: torch.Tensor, flip_x: torch.Tensor,
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, hflip: float, vflip: float, rotate: float,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips and rotation, then normalization; the draws come from ``generator`` (on the data's device).
 
     ``images``: N x 3 x S x S uint8; ``masks``: N x S x S uint8. Returns normalized float32 images and
-    int64 masks, as the train step takes them.
+    int64 masks, as the train step takes them. With several ranks, each holding every
+    ``world_size``-th sample of the step's whole batch, the draws for the whole batch are made and
+    this rank takes its samples' share: the ranks together augment as one process would.
     """
-    draws = torch.rand(images.shape[0], 3, generator=generator, device=images.device)
+    draws = torch.rand(images.shape[0] * world_size, 3, generator=generator, device=images.device)[rank::world_size]
     flip_x, flip_y = draws[:, 0] < hflip, draws[:, 1] < vflip
     if rotate:
         raw, masks = warp_batch(images, masks, flip_x, flip_y, (draws[:, 2] * 2 - 1) * rotate)

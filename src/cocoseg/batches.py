@@ -9,7 +9,7 @@ CPU path, one albumentations call per image in worker processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,11 +26,12 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 DEVICE_MEMORY_SHARE = 0.4
 
 
-def fits_on_device(split: CachedSplit, device: torch.device) -> bool:
+def fits_on_device(splits: Sequence[CachedSplit], device: torch.device) -> bool:
+    """Whether ``splits`` (the train split and the val split that moves with it) fit in the memory share."""
     if device.type != "cuda":
         return False
     free, _ = torch.cuda.mem_get_info(device)
-    return split.images.nbytes + split.masks.nbytes < DEVICE_MEMORY_SHARE * free
+    return sum(split.images.nbytes + split.masks.nbytes for split in splits) < DEVICE_MEMORY_SHARE * free
 
 
 def step_seed(seed: int, epoch: int, step: int) -> int:
@@ -84,14 +85,16 @@ class DeviceBatches(_EpochBatches):
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
             generator.manual_seed(step_seed(self.seed, epoch, step))  # host-side: no synchronisation
             yield augment_batch(self.images[index].permute(0, 3, 1, 2), self.masks[index], self.hflip, self.vflip,
-                                self.rotate, generator)
+                                self.rotate, generator, self.sampler.rank, self.sampler.num_replicas)
 
 
 def train_batches(split: CachedSplit, sampler: RepeatFactorSampler, batch_size: int, hflip: float, vflip: float,
                   rotate: float, seed: int, num_workers: int, device: torch.device,
-                  data_on_device: str) -> LoaderBatches | DeviceBatches:
-    """``data_on_device``: ``auto`` (on a CUDA device when the split fits), ``always`` or ``never``."""
-    if data_on_device == "always" or (data_on_device == "auto" and fits_on_device(split, device)):
+                  data_on_device: str, val_split: CachedSplit | None = None) -> LoaderBatches | DeviceBatches:
+    """``data_on_device``: ``auto`` (on a CUDA device when the split fits, with ``val_split``, which then
+    moves there too), ``always`` or ``never``."""
+    resident = [split] if val_split is None else [split, val_split]
+    if data_on_device == "always" or (data_on_device == "auto" and fits_on_device(resident, device)):
         return DeviceBatches(split, sampler, batch_size, hflip, vflip, rotate, seed, device)
     return LoaderBatches(split, sampler, batch_size, hflip, vflip, rotate, seed, num_workers, device)
 

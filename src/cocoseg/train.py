@@ -25,10 +25,8 @@ import os
 import random
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +38,9 @@ from tqdm import tqdm
 
 from cocoseg.batches import Batch, DeviceBatches, as_tensors, eval_batches, train_batches
 from cocoseg.cache import CachedSplit, ensure_cache, load_split, manifest_sha256
+from cocoseg.distributed import Ranks, all_reduce, current_ranks, launch
 from cocoseg.device import MEMORY_FORMAT, autocast, precision_name, resolve_precision, to_channels_last, use_threads
 from cocoseg.io import atomic_path, write_csv
-from cocoseg.logs import configure as configure_logging
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
@@ -61,28 +59,6 @@ class TrainingInterrupted(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(143)
-
-
-@dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def current_ranks() -> Ranks:
-    if dist.is_available() and dist.is_initialized():
-        return Ranks(dist.get_rank(), dist.get_world_size())
-    return Ranks()
-
-
-def _all_reduce(tensor: torch.Tensor, ranks: Ranks, op: str = "sum") -> torch.Tensor:
-    if ranks.world_size > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return tensor
 
 
 def select_device(name: str = "auto", ranks: Ranks = Ranks()) -> torch.device:
@@ -174,9 +150,9 @@ def validate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, 
             if loss_fn is not None:
                 loss_sum += loss_fn(logits.float(), batch_masks) * len(batch_masks)
             count += len(batch_masks)
-    _all_reduce(confusion.matrix, ranks)
-    _all_reduce(loss_sum, ranks)
-    _all_reduce(count, ranks)
+    all_reduce(confusion.matrix, ranks)
+    all_reduce(loss_sum, ranks)
+    all_reduce(count, ranks)
     result = metrics_from_confusion(confusion.numpy())
     result["confusion"] = confusion.numpy()
     result["loss"] = float(loss_sum / count.clamp(min=1))
@@ -268,7 +244,7 @@ class NonFiniteLoss:
 
     def first(self, ranks: Ranks) -> tuple[int, float]:
         """(1-based step, loss) of the first non-finite loss on any rank, or (0, 0.0); a host read."""
-        step = _all_reduce(self.step.clone(), ranks, "max")
+        step = all_reduce(self.step.clone(), ranks, "max")
         return int(step), float(self.value)
 
 
@@ -313,7 +289,7 @@ class _Run:
         self.rank_batch_size = settings.batch_size // self.ranks.world_size
         self.batches = train_batches(train_split, sampler, self.rank_batch_size, settings.hflip, settings.vflip,
                                      settings.rotate, settings.seed, settings.num_workers, device,
-                                     settings.data_on_device)
+                                     settings.data_on_device, val_split)
         on_device = isinstance(self.batches, DeviceBatches)
         self.val_images, self.val_masks = as_tensors(val_split, device if on_device else "cpu")
         log.info("%s: %d train images on %s (%s data path, %s, %s), %d process(es), batch %d, lr %.3g", variant,
@@ -384,7 +360,7 @@ class _Run:
         if step % CHECK_EVERY:
             return False
         flag = torch.tensor(float(self.interrupted), device=self.device)
-        return bool(_all_reduce(flag, self.ranks, "max"))
+        return bool(all_reduce(flag, self.ranks, "max"))
 
     def _raise_if_nonfinite(self, nonfinite: NonFiniteLoss) -> None:
         step, value = nonfinite.first(self.ranks)
@@ -420,7 +396,7 @@ class _Run:
             if (step + 1) % CHECK_EVERY == 0:
                 self._raise_if_nonfinite(nonfinite)
         self._raise_if_nonfinite(nonfinite)
-        mean_loss = float(_all_reduce(loss_sum, self.ranks)) / max(1, steps * self.ranks.world_size)
+        mean_loss = float(all_reduce(loss_sum, self.ranks)) / max(1, steps * self.ranks.world_size)
         return mean_loss, steps
 
     def _sync_buffers(self) -> None:
@@ -466,7 +442,7 @@ class _Run:
             return
         checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum()
         extremes = torch.stack([checksum, -checksum])
-        _all_reduce(extremes, self.ranks, "max")
+        all_reduce(extremes, self.ranks, "max")
         if float(extremes[0]) != -float(extremes[1]):
             raise RuntimeError(f"{self.variant}: the ranks' weights differ at the end of training")
 
@@ -559,24 +535,6 @@ def process_threads(threads: int | None) -> int | None:
     return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _rank_main(rank: int, world_size: int, port: int, backend: str, log_file: str | None, args: tuple,
-               kwargs: dict) -> None:
-    configure_logging(log_file, append=True, prefix=f"[rank {rank}] ")
-    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size))
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        train(*args, **kwargs)
-    finally:
-        dist.destroy_process_group()
-
-
 def train_distributed(world_size: int, *args: Any, backend: str | None = None, log_file: str | Path | None = None,
                       **kwargs: Any) -> None:
     """``train`` in ``world_size`` processes on this machine (one per GPU; gloo on the CPU).
@@ -585,24 +543,9 @@ def train_distributed(world_size: int, *args: Any, backend: str | None = None, l
     already (a Snakemake job). Each rank appends to ``log_file``. A failure in any rank ends them
     all; SIGTERM is passed on to the ranks, which save ``last.pt`` and exit 143.
     """
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    log_file = str(log_file) if log_file else None
-    context = torch.multiprocessing.start_processes(
-        _rank_main, args=(world_size, _free_port(), backend, log_file, args, kwargs), nprocs=world_size, join=False,
-        start_method="spawn")
-
-    def forward_sigterm(*_: Any) -> None:
-        for process in context.processes:
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-
-    previous_handler = signal.signal(signal.SIGTERM, forward_sigterm)
     try:
-        while not context.join():
-            pass
+        launch(world_size, train, args, kwargs, backend, str(log_file) if log_file else None)
     except torch.multiprocessing.ProcessExitedException as failure:
         if failure.exit_code == 143:
             raise TrainingInterrupted() from None
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)

@@ -1,0 +1,109 @@
+"""Several training processes: which rank this is, sums over ranks, and a launcher for one machine.
+
+Under torchrun, or ``launch`` below, every process is one rank of a ``torch.distributed`` group;
+outside one, ``current_ranks`` is the single process (rank 0 of 1) and reductions do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cocoseg.logs import configure as configure_logging
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def current_ranks() -> Ranks:
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size())
+    return Ranks()
+
+
+def all_reduce(tensor: torch.Tensor, ranks: Ranks, op: str = "sum") -> torch.Tensor:
+    """In place over every rank (sum or max); the tensor itself with one process."""
+    if ranks.world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor
+
+
+@contextlib.contextmanager
+def main_script_hidden() -> Iterator[None]:
+    """While processes are spawned, the parent's main script is not re-run in them.
+
+    A spawned child first re-imports the parent's ``__main__`` from its ``__spec__`` or
+    ``__file__``. Under Snakemake that is the rule script, whose ``snakemake`` object only the
+    preamble of Snakemake's temporary copy defines (``__file__`` names the original): the child
+    dies with a NameError, and would start the job over if it did not. The ranks need only the
+    function they run, which pickle imports by its module's name.
+    """
+    main = sys.modules["__main__"]
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _rank_main(rank: int, world_size: int, port: int, backend: str, log_file: str | None,
+               target: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    configure_logging(log_file, append=True, prefix=f"[rank {rank}] ")
+    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size))
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        target(*args, **kwargs)
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(world_size: int, target: Callable[..., Any], args: tuple, kwargs: dict, backend: str | None = None,
+           log_file: str | None = None) -> None:
+    """``target(*args, **kwargs)`` in ``world_size`` spawned ranks (NCCL with CUDA, else gloo), as torchrun would.
+
+    Each rank appends to ``log_file``. SIGTERM is passed on to the ranks. A rank that fails ends
+    them all: ``torch.multiprocessing.ProcessExitedException`` carries its exit code.
+    """
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    with main_script_hidden():
+        context = torch.multiprocessing.start_processes(
+            _rank_main, args=(world_size, _free_port(), backend, log_file, target, args, kwargs), nprocs=world_size,
+            join=False, start_method="spawn")
+
+    def forward_sigterm(*_: Any) -> None:
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous_handler = signal.signal(signal.SIGTERM, forward_sigterm)
+    try:
+        while not context.join():
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
