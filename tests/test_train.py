@@ -106,6 +106,60 @@ def test_resume_loads_the_checkpoint_on_the_cpu_whatever_the_training_device(run
         torch.testing.assert_close(value, saved["model"][name], rtol=0, atol=0, msg=name)
 
 
+SIGTERM_DRIVER = """
+import sys, time
+from pathlib import Path
+import cocoseg.datasets
+from cocoseg.train import TrainSettings, train
+
+run_dir, out, marker = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+if sys.argv[4] == "slow":  # workers (forked) load slowly, so that the signal finds them at work
+    load = cocoseg.datasets.CachedTrainDataset.__getitem__
+
+    def slow_load(self, index):
+        marker.touch()
+        time.sleep(0.05)
+        return load(self, index)
+
+    cocoseg.datasets.CachedTrainDataset.__getitem__ = slow_load
+settings = TrainSettings(backbone="mobilenet_v3_large", loss="cross_entropy", sampling="uniform", image_size=48,
+                         epochs=2, batch_size=4, lr=1e-3, bn_momentum=0.1, num_workers=2, wandb_mode="disabled",
+                         eval_batch_size=4, precision="fp32")
+train(run_dir / "data" / "manifest.csv", run_dir, out, sys.argv[5].split(","), settings, variant="v", threads=1)
+"""
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_143(run_dir, tmp_path):
+    """Slurm signals every process of a job, DataLoader workers included: the job still saves and exits 143."""
+    import subprocess
+    import sys
+    import time
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGTERM_DRIVER)
+
+    def start(out, mode):
+        return subprocess.Popen([sys.executable, str(driver), str(run_dir), str(out), str(tmp_path / "working"),
+                                 mode, ",".join(CLASSES)], start_new_session=True, stderr=subprocess.PIPE, text=True)
+
+    job = start(tmp_path / "resumed", "slow")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "working").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # workers busy loading
+    os.killpg(job.pid, signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr[-3000:]
+    assert (tmp_path / "resumed" / "checkpoints" / "last.pt").exists()
+    for out in ("resumed", "straight"):
+        rerun = start(tmp_path / out, "fast")
+        _, stderr = rerun.communicate(timeout=300)
+        assert rerun.returncode == 0, stderr[-3000:]
+    a = pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    b = pd.read_csv(tmp_path / "resumed" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):
     summary = run_training(run_dir, tmp_path, settings=settings(epochs=1, loss="weighted_cross_entropy"))
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")

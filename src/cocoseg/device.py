@@ -10,6 +10,7 @@ channels_last logits reads contiguous memory.
 from __future__ import annotations
 
 import functools
+import signal
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
@@ -40,7 +41,10 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX on this CPU: torch's own probes, else the flags in /proc/cpuinfo."""
+    """AVX512-BF16 or AMX on this CPU: torch's own probes, else the flags in /proc/cpuinfo.
+
+    (``torch.backends.cpu.get_cpu_capability()`` says ``AVX512`` with or without bf16, so it cannot tell.)
+    """
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if any(probe is not None for probe in probes):
         return any(probe() for probe in probes if probe is not None)
@@ -82,6 +86,13 @@ def use_threads(threads: int | None) -> None:
         cv2.setNumThreads(threads)
 
 
-def single_threaded_worker(_: int) -> None:
-    """DataLoader ``worker_init_fn``: one thread per worker (torch sets its own pool so, OpenCV does not)."""
+def init_loader_worker(_: int) -> None:
+    """DataLoader ``worker_init_fn``: one thread per worker (torch sets its own pool so, OpenCV does not),
+    and SIGTERM left to the main process.
+
+    Slurm signals every process of a job: a worker that died of it would make the main process
+    raise "DataLoader worker killed" instead of saving ``last.pt`` and exiting 143. The main
+    process stops at its next step and shuts its workers down itself.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     use_threads(1)

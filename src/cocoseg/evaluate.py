@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from cocoseg.data.masks import palette, save_mask
 from cocoseg.datasets import SegmentationDataset, collate_eval, eval_transform
-from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, single_threaded_worker,
+from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, init_loader_worker,
                             to_channels_last, use_threads)
 from cocoseg.io import atomic_path, write_csv
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
@@ -83,7 +83,7 @@ def eval_loader(rows: pd.DataFrame, run_dir: Path, settings: TrainSettings) -> D
     dataset = SegmentationDataset(rows, run_dir, eval_transform(settings.image_size))
     return DataLoader(dataset, batch_size=settings.eval_batch_size, shuffle=False, drop_last=False,
                       num_workers=settings.num_workers, collate_fn=collate_eval,
-                      persistent_workers=settings.num_workers > 0, worker_init_fn=single_threaded_worker)
+                      persistent_workers=settings.num_workers > 0, worker_init_fn=init_loader_worker)
 
 
 
