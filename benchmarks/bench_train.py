@@ -18,7 +18,8 @@ as JSON. On a CPU, run it small, as CI's smoke test does:
     python benchmarks/bench_train.py --device cpu --size 64 --images 24 --steps 2 --warmup 1 --batch-size 8
 
 The README's CPU rows: ``--device cpu --size 128 --images 200 --steps 8 --warmup 2 --batch-size 16
---eval-batch-size 32 --study-divisor 2 --threads 2``.
+--eval-batch-size 32 --study-divisor 2 --threads 2 --num-workers 0`` (on a CPU, DataLoader workers
+take cores from the model).
 """
 
 from __future__ import annotations
