@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import runpy
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +21,19 @@ from cocoseg.data.synth import generate, unpack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
+TRAINING_STACK = ("torch", "torchvision", "albumentations", "cv2", "pycocotools")
+
+
+def without_training_stack(folder: Path) -> dict[str, str]:
+    """An environment whose Python cannot import the training stack: stand-ins that raise, first on PYTHONPATH."""
+    for name in TRAINING_STACK:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text('raise ImportError("blocked for the test")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    for name in TRAINING_STACK:
+        probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True)
+        assert "blocked for the test" in probe.stderr, f"the stand-in for {name} is not the one imported"
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,14 @@
 import copy
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
 
 from cocoseg.config import ConfigError, load_config, validate_config
-from conftest import REPO
+from conftest import REPO, without_training_stack
 
 
 def study() -> dict:
@@ -54,3 +58,36 @@ def mutated(change) -> dict:
 def test_bad_configs_name_the_key(change, expected):
     with pytest.raises(ConfigError, match=expected):
         validate_config(mutated(change))
+
+
+def test_an_installed_cocoseg_validates_a_config_without_the_training_stack(tmp_path):
+    """A non-editable install (the schema is package data) validates a config with no checkout and no torch."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "src" / "cocoseg", source / "src" / "cocoseg",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(site), str(source)], check=True, capture_output=True)
+    shutil.rmtree(source)
+    env = without_training_stack(tmp_path / "blocked")
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+    check = (
+        "import sys, cocoseg.config as c\n"
+        "from cocoseg.config import ConfigError, load_config\n"
+        f"assert c.__file__.startswith({str(site)!r}), c.__file__\n"
+        "config = load_config(sys.argv[1])\n"
+        "assert config['masks']['shards'] >= 1 and config['evaluate']['runtime'] > 0\n"
+        "try:\n"
+        "    load_config(sys.argv[2])\n"
+        "except ConfigError as e:\n"
+        "    print(e)\n"
+    )
+    bad = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    bad["dataset"]["crowd"] = "sometimes"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    result = subprocess.run([sys.executable, "-c", check, str(REPO / "config" / "demo.yaml"), str(tmp_path / "bad.yaml")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "dataset.crowd: 'sometimes' is not allowed" in result.stdout

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 # same numerics on a bf16 machine, resume each other.
 EXECUTION_SETTINGS = ("num_workers", "eval_batch_size", "device", "wandb_mode", "wandb_project", "compile",
                       "precision")
+# The execution settings that Snakemake does not track (rule params hold the others): changing one, say
+# num_workers, reruns no training. ``precision`` is tracked, as bf16 and fp32 runs differ.
+UNTRACKED_SETTINGS = tuple(name for name in EXECUTION_SETTINGS if name != "precision")
 
 
 @dataclass

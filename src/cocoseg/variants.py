@@ -7,10 +7,11 @@ order and the augmentation, not the data split.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
-from cocoseg.settings import TrainSettings
+from cocoseg.settings import UNTRACKED_SETTINGS, TrainSettings
 
 
 def expand_variants(config: dict[str, Any]) -> list[str]:
@@ -57,3 +58,15 @@ def settings_for(config: dict[str, Any], variant: str, seed: int | None = None) 
         seed=grid_seeds(config)[0] if seed is None else int(seed),
         device=train["device"], wandb_mode=config["wandb"]["mode"], wandb_project=config["wandb"]["project"],
     )
+
+
+def tracked_settings(config: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:
+    """The run's settings that Snakemake tracks as params: all but ``UNTRACKED_SETTINGS``."""
+    settings = dataclasses.asdict(settings_for(config, variant, seed))
+    return {name: value for name, value in settings.items() if name not in UNTRACKED_SETTINGS}
+
+
+def run_settings(config: dict[str, Any], variant: str, tracked: dict[str, Any]) -> TrainSettings:
+    """``tracked`` (the rule's params) completed by the untracked settings as the config has them now."""
+    current = dataclasses.asdict(settings_for(config, variant))
+    return TrainSettings(**tracked, **{name: current[name] for name in UNTRACKED_SETTINGS})

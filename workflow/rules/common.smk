@@ -1,5 +1,4 @@
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -10,7 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cocoseg.config import ConfigError, validate_config
 from cocoseg.provenance import git_commit
-from cocoseg.variants import expand_variants, grid_seeds, settings_for
+from cocoseg.variants import expand_variants, grid_seeds, settings_for, tracked_settings
 
 try:
     config.update(validate_config(config))
@@ -77,8 +76,8 @@ def variant_cache(wildcards):
 
 
 def train_settings(wildcards):
-    """The run's training settings, as a plain dict (Snakemake tracks params for reruns)."""
-    return asdict(settings_for(config, wildcards.variant, int(wildcards.seed)))
+    """The run's settings that change its results, as a plain dict: Snakemake reruns a job whose params change."""
+    return tracked_settings(config, wildcards.variant, int(wildcards.seed))
 
 
 wildcard_constraints:

@@ -10,14 +10,12 @@ rule evaluate:
         confusion=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/confusion.csv",
         per_image=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image.csv",
         per_image_confusion=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image_confusion.npz",
-    params:
-        batch_size=lookup(dpath="evaluate/batch_size", within=config),
-        num_workers=lookup(dpath="train/num_workers", within=config),
-        device=lookup(dpath="train/device", within=config),
     threads: lookup(dpath="train/threads", within=config)
     resources:
-        gpu=lookup(dpath="train/gpus", within=config),
+        # Evaluation runs in one process: one GPU whatever training used.
+        gpu=min(1, config["train"]["gpus"]),
         mem_mb=lookup(dpath="train/mem_mb", within=config),
+        runtime=lookup(dpath="evaluate/runtime", within=config),
     log:
         f"{RUN}/logs/evaluate_{{variant}}_seed{{seed}}.log",
     benchmark:
