@@ -1,4 +1,4 @@
-"""Several training processes: which rank this is, sums over ranks, and a launcher for one machine.
+"""Several training processes: which rank this is, sums over ranks, a launcher, and GPUs per local job.
 
 Under torchrun, or ``launch`` below, every process is one rank of a ``torch.distributed`` group;
 outside one, ``current_ranks`` is the single process (rank 0 of 1) and reductions do nothing.
@@ -7,12 +7,16 @@ outside one, ``current_ranks`` is the single process (rank 0 of 1) and reduction
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -107,3 +111,63 @@ def launch(world_size: int, target: Callable[..., Any], args: tuple, kwargs: dic
             pass
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def machine_gpus() -> int:
+    """NVIDIA GPUs the driver lists, without initialising CUDA (which would fix the visible devices too early)."""
+    listing = Path("/proc/driver/nvidia/gpus")
+    return len(list(listing.iterdir())) if listing.is_dir() else 0
+
+
+def _lock_free_slots(files: list[Path], count: int) -> list[tuple[int, Any]] | None:
+    """Exclusive locks on ``count`` of ``files``, or None (and nothing held) when fewer are free."""
+    held = []
+    for index, path in enumerate(files):
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        held.append((index, handle))
+        if len(held) == count:
+            return held
+    for _, handle in held:
+        handle.close()
+    return None
+
+
+@contextlib.contextmanager
+def claimed_gpus(count: int, total: int | None = None, lock_dir: str | Path | None = None,
+                 timeout: float = 600.0) -> Iterator[list[int]]:
+    """This job's own GPUs, named in ``CUDA_VISIBLE_DEVICES`` while it runs.
+
+    Snakemake's local executor counts the ``gpu`` resource but assigns no device, so every job
+    would see every GPU and train on ``cuda:0``. Each job locks ``count`` free slots, one file per
+    GPU in ``lock_dir`` (default ``$TMPDIR/cocoseg-gpus-<uid>``), until it ends; the kernel drops
+    the locks of a process that dies. Where a scheduler has set ``CUDA_VISIBLE_DEVICES`` already
+    (Slurm), or the machine has no GPU, nothing changes and the list is empty.
+    """
+    total = machine_gpus() if total is None else total
+    if count < 1 or total == 0 or "CUDA_VISIBLE_DEVICES" in os.environ:
+        yield []
+        return
+    if count > total:
+        raise ValueError(f"a job asks for {count} GPUs and this machine has {total}; lower train.gpus")
+    folder = Path(lock_dir or Path(tempfile.gettempdir()) / f"cocoseg-gpus-{os.getuid()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"gpu{index}.lock" for index in range(total)]
+    deadline = time.monotonic() + timeout
+    while (held := _lock_free_slots(files, count)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {count} free GPU(s) of {total} after {timeout:.0f} s: other jobs hold the locks "
+                               f"in {folder}; run with --resources gpu={total} so that Snakemake does not start more")
+        time.sleep(1.0)
+    slots = [index for index, _ in held]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slots))
+    try:
+        yield slots
+    finally:
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+        for _, handle in held:
+            handle.close()

@@ -1,0 +1,53 @@
+"""GPUs per local job: Snakemake's local executor assigns none, so each job claims its own (no GPU needed)."""
+
+import multiprocessing
+import os
+
+import pytest
+
+from cocoseg.distributed import claimed_gpus
+
+
+def hold_slots(count, total, lock_dir, report, release):
+    with claimed_gpus(count, total, lock_dir) as slots:
+        report.put((slots, os.environ["CUDA_VISIBLE_DEVICES"]))
+        release.wait(60)
+
+
+@pytest.fixture
+def no_visible_devices(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def test_concurrent_jobs_get_different_gpus_and_the_next_waits(tmp_path, no_visible_devices):
+    context = multiprocessing.get_context("spawn")
+    report, release = context.Queue(), context.Event()
+    jobs = [context.Process(target=hold_slots, args=(2, 4, tmp_path, report, release)) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    try:
+        claims = [report.get(timeout=60) for _ in jobs]
+        assert sorted(tuple(slots) for slots, _ in claims) == [(0, 1), (2, 3)]
+        assert {visible for _, visible in claims} == {"0,1", "2,3"}
+        with pytest.raises(TimeoutError, match="free GPU"):  # all four held: a third job waits
+            with claimed_gpus(1, 4, tmp_path, timeout=1.5):
+                pass
+    finally:
+        release.set()
+        for job in jobs:
+            job.join(60)
+    with claimed_gpus(1, 4, tmp_path) as slots:  # the ended jobs' locks are free again
+        assert slots == [0] and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_a_scheduler_assignment_or_no_gpu_is_left_alone(tmp_path, monkeypatch, no_visible_devices):
+    with claimed_gpus(1, 0, tmp_path) as slots:
+        assert slots == [] and "CUDA_VISIBLE_DEVICES" not in os.environ
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # as Slurm sets it
+    with claimed_gpus(1, 4, tmp_path) as slots:
+        assert slots == [] and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    with pytest.raises(ValueError, match="asks for 2 GPUs and this machine has 1"):
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+        with claimed_gpus(2, 1, tmp_path):
+            pass
