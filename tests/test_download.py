@@ -33,6 +33,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         start = 0
         if self.headers.get("Range"):
             start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
+            if start >= len(PAYLOAD):  # nothing at or after that byte (RFC 9110, 15.5.17)
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(PAYLOAD)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
         else:
@@ -75,6 +81,28 @@ def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
     download(f"{server}/data.bin", tmp_path / "data.bin", backoff=0)
     assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
     assert Handler.requests == ["bytes=1000-"]
+
+
+def test_a_complete_partial_file_answered_416_is_kept(server, tmp_path):
+    """An earlier run got every byte and stopped before the rename: the server has nothing more to send."""
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD)
+    download(f"{server}/data.bin", tmp_path / "data.bin", sha256=hashlib.sha256(PAYLOAD).hexdigest(), backoff=0)
+    assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
+    assert Handler.requests == [f"bytes={len(PAYLOAD)}-"]
+
+
+def test_a_partial_file_longer_than_the_servers_is_restarted(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD + b"stale tail")
+    download(f"{server}/data.bin", tmp_path / "data.bin", backoff=0)
+    assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
+    assert Handler.requests == [f"bytes={len(PAYLOAD) + 10}-", None]
+
+
+def test_a_complete_partial_file_with_the_wrong_sha256_is_deleted(server, tmp_path):
+    (tmp_path / "data.bin.part").write_bytes(PAYLOAD[::-1])
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        download(f"{server}/data.bin", tmp_path / "data.bin", sha256=hashlib.sha256(PAYLOAD).hexdigest(), backoff=0)
+    assert not (tmp_path / "data.bin.part").exists() and not (tmp_path / "data.bin").exists()
 
 
 def test_sha256_is_checked(server, tmp_path):

@@ -57,12 +57,22 @@ def _check_space(folder: Path, needed: int, dest: Path) -> None:
         )
 
 
+def _complete_size(content_range: str | None) -> int | None:
+    """The file's size from a 416 answer's ``Content-Range: bytes */SIZE`` (RFC 9110, 15.5.17)."""
+    if not content_range or not content_range.startswith("bytes */"):
+        return None
+    size = content_range.removeprefix("bytes */").strip()
+    return int(size) if size.isdigit() else None
+
+
 def _transfer(url: str, part: Path, timeout: float, dest: Path) -> None:
     """One attempt: append to ``part`` (or restart it) until the server's end of file."""
     offset = part.stat().st_size if part.exists() else 0
     try:
         response = _open(url, offset, timeout)
     except urllib.error.HTTPError as e:
+        if e.code == 416 and _complete_size(e.headers.get("Content-Range")) == offset:
+            return  # an earlier run stopped after the last byte, before the rename: nothing is missing
         if e.code == 416:  # the partial file is not a prefix of what the server has now
             part.unlink()
             raise _Retry("server refused the resume range; restarting") from e
