@@ -55,3 +55,38 @@ def test_training_on_the_gpu_keeps_the_split_there_and_repeats(run_dir, tmp_path
     for name in first:
         if first[name].is_floating_point():
             torch.testing.assert_close(second[name], first[name], atol=5e-2, rtol=5e-2)
+
+
+def test_training_interrupted_on_the_gpu_resumes(run_dir, tmp_path, monkeypatch):
+    """A SIGTERM on CUDA saves last.pt; the retry loads it (RNG states on the CPU) and finishes."""
+    import os
+    import signal
+
+    import cocoseg.train as train_module
+    from cocoseg.train import TrainingInterrupted, load_checkpoint
+
+    step = train_module.train_step
+
+    def step_then_sigterm(*args, **kwargs):
+        loss = step(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(train_module, "train_step", step_then_sigterm)
+    with pytest.raises(TrainingInterrupted):
+        run_training(run_dir, tmp_path, settings=settings(device="cuda", epochs=2))
+    monkeypatch.setattr(train_module, "train_step", step)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 1
+    summary = run_training(run_dir, tmp_path, settings=settings(device="cuda", epochs=2))
+    assert summary["epochs"] == 2 and len(pd.read_csv(tmp_path / "metrics.csv")) == 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_gpus_with_nccl_train_one_model(run_dir, tmp_path):
+    from cocoseg.train import train_distributed
+    from conftest import CLASSES
+
+    train_distributed(2, run_dir / "data" / "manifest.csv", run_dir, tmp_path, CLASSES,
+                      settings(device="auto", epochs=1), variant="v", threads=2)
+    summary = pd.read_json(tmp_path / "training.json", typ="series")
+    assert summary["world_size"] == 2 and summary["device"] == "cuda:0"
