@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from cocoseg.device import autocast, cpu_flags, cpu_has_native_bf16, resolve_precision, to_channels_last
+from cocoseg.device import autocast, cpu_flags, cpu_has_native_bf16, resolve_precision, to_channels_last, use_threads
 from cocoseg.losses import build_loss
 from cocoseg.models import build_model
-from cocoseg.train import train_step
+from cocoseg.train import process_threads, train_step
 
 NUM_CLASSES = 6
 CPU = torch.device("cpu")
@@ -56,6 +56,27 @@ def test_precision_is_resolved_per_device(monkeypatch):
         assert resolve_precision("fp32", CPU) is None
     with pytest.raises(ValueError, match="unknown train.precision 'fp16'"):
         resolve_precision("fp16", CPU)
+
+
+def test_the_jobs_threads_are_shared_by_the_ranks_of_one_machine(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert process_threads(None) is None and process_threads(4) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's, or train_distributed's
+    assert process_threads(4) == 2 and process_threads(1) == 1
+
+
+def test_threads_are_set_for_torch_and_opencv():
+    import cv2
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    try:
+        use_threads(3)
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (3, 3)
+        use_threads(None)  # leaves them as they are
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == (3, 3)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v3_large", "resnet50"])
