@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cocoseg.data.split import split_rows
 from cocoseg.datasets import read_mask, read_rgb
 from cocoseg.io import atomic_path
 
@@ -109,7 +110,7 @@ def build_cache(manifest_path: str | Path, run_dir: str | Path, cache_dir: str |
     with contextlib.ExitStack() as renames:  # renames run in reverse order of entry
         record_tmp = renames.enter_context(atomic_path(cache_dir / "cache.json"))
         for split in CACHE_SPLITS:
-            rows = manifest[manifest["split"] == split].reset_index(drop=True)
+            rows = split_rows(manifest, split)
             images_tmp, masks_tmp = (renames.enter_context(atomic_path(path)) for path in split_paths(cache_dir, split))
             _write_split(rows, run_dir, images_tmp, masks_tmp, image_size, threads, f"cache {split} {image_size}px")
             record["splits"][split] = [int(i) for i in rows["image_id"]]

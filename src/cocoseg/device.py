@@ -10,6 +10,7 @@ channels_last logits reads contiguous memory.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -49,6 +50,16 @@ def cpu_has_native_bf16() -> bool:
     if any(probe is not None for probe in probes):
         return any(probe() for probe in probes if probe is not None)
     return bool(cpu_flags() & _BF16_FLAGS)
+
+
+def select_device(name: str = "auto", rank: int = 0) -> torch.device:
+    """``auto``: CUDA when there is one (each local rank its own GPU, from ``LOCAL_RANK``), else the CPU."""
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device(name)
 
 
 def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:

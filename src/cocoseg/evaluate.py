@@ -19,14 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from cocoseg.checkpoint import load_checkpoint
 from cocoseg.data.masks import palette, save_mask
+from cocoseg.data.split import split_rows
 from cocoseg.datasets import SegmentationDataset, collate_eval, eval_transform
-from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, init_loader_worker,
-                            to_channels_last, use_threads)
+from cocoseg.device import (MEMORY_FORMAT, autocast, init_loader_worker, precision_name, resolve_precision,
+                            select_device, to_channels_last, use_threads)
 from cocoseg.io import atomic_path, write_csv
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
-from cocoseg.train import TrainSettings, load_checkpoint, select_device
+from cocoseg.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,7 @@ def evaluate(
                               "device": str(device), "precision": precision_name(dtype), "memory_format": MEMORY_FORMAT}
     per_image: dict[str, np.ndarray] = {}
     for split in ("val", "test"):
-        rows = manifest[manifest["split"] == split].reset_index(drop=True)
+        rows = split_rows(manifest, split)
         result = evaluate_model(model, eval_loader(rows, Path(run_dir), settings), len(classes) + 1, device, dtype,
                                 on_prediction=keep if split == "test" else None)
         report[split] = {"images": len(rows), **_metrics_record(result, classes)}

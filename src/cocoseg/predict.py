@@ -12,10 +12,10 @@ from PIL import Image
 
 from cocoseg.data.masks import palette, save_mask
 from cocoseg.datasets import eval_transform, read_rgb
-from cocoseg.device import autocast, precision_name, resolve_precision, to_channels_last, use_threads
+from cocoseg.device import (autocast, precision_name, resolve_precision, select_device, to_channels_last,
+                            use_threads)
 from cocoseg.evaluate import load_model
 from cocoseg.io import atomic_path
-from cocoseg.train import select_device
 
 log = logging.getLogger(__name__)
 

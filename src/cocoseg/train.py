@@ -27,6 +27,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from cocoseg.batches import Batch, DeviceBatches, as_tensors, eval_batches, train_batches
+from cocoseg.batches import Batch, DeviceBatches, LoaderBatches, as_tensors, eval_batches, train_batches
 from cocoseg.cache import CachedSplit, ensure_cache, load_split, manifest_sha256
 from cocoseg.distributed import Ranks, all_reduce, current_ranks, launch
-from cocoseg.device import MEMORY_FORMAT, autocast, precision_name, resolve_precision, to_channels_last, use_threads
+from cocoseg.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cocoseg.data.split import split_rows
+from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, select_device,
+                            to_channels_last, use_threads)
 from cocoseg.io import atomic_path, write_csv
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
@@ -59,16 +63,6 @@ class TrainingInterrupted(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(143)
-
-
-def select_device(name: str = "auto", ranks: Ranks = Ranks()) -> torch.device:
-    """``auto``: CUDA when there is one (each rank its own GPU), else the CPU."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        local_rank = int(os.environ.get("LOCAL_RANK", ranks.rank))
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
 
 
 def epoch_size(settings: TrainSettings, train_images: int) -> int | None:
@@ -96,22 +90,6 @@ def lr_factor(epoch: int, settings: TrainSettings) -> float:
     return 1.0
 
 
-def _rng_state() -> dict[str, Any]:
-    """Every RNG the loop draws from, in types that torch.load(weights_only=True) accepts."""
-    name, keys, position, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), position, has_gauss, gauss],
-            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
-    random.setstate(state["python"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def run_fingerprint(settings: TrainSettings, manifest_path: str | Path, classes: list[str],
                     precision: str) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the settings that shape the result, the resolved precision
@@ -119,21 +97,6 @@ def run_fingerprint(settings: TrainSettings, manifest_path: str | Path, classes:
     computed = {k: v for k, v in dataclasses.asdict(settings).items() if k not in EXECUTION_SETTINGS}
     return {"settings": computed, "precision": precision, "manifest_sha256": manifest_sha256(manifest_path),
             "classes": list(classes)}
-
-
-def save_checkpoint(path: Path, **state: Any) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint, every tensor on the CPU, whatever device it was saved from or will be used on.
-
-    ``load_state_dict`` copies weights and optimizer state to their parameters' device, and the
-    saved RNG states must stay CPU ByteTensors: ``torch.set_rng_state`` and
-    ``torch.cuda.set_rng_state_all`` refuse them anywhere else.
-    """
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def validate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, batch_size: int,
@@ -257,249 +220,304 @@ def _epoch_row(epoch: int, lr: float, train_loss: float, val: dict[str, Any], cl
             "steps": steps, "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
 
 
-class _Run:
-    """One variant's training: the model, optimizer, data and bookkeeping, and the epoch loop."""
+@dataclass
+class Training:
+    """What one run trains with, set up once: data, model, optimizer, loss, and where it writes."""
 
-    def __init__(self, manifest_path: Path, run_dir: Path, out_dir: Path, classes: list[str], settings: TrainSettings,
-                 variant: str, run_name: str, threads: int | None, cache_dir: Path) -> None:
-        self.ranks = current_ranks()
-        self.settings, self.classes, self.variant, self.run_name, self.out_dir = (
-            settings, classes, variant, run_name, out_dir)
-        self.device = device = select_device(settings.device, self.ranks)
-        self.precision = resolve_precision(settings.precision, device)
-        if settings.batch_size % self.ranks.world_size:
-            raise ValueError(f"train.batch_size {settings.batch_size} does not divide among "
-                             f"{self.ranks.world_size} processes; make it a multiple of the GPU count")
-        torch.manual_seed(settings.seed)
-        np.random.seed(settings.seed)
-        random.seed(settings.seed)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            torch.backends.cudnn.benchmark = True
+    settings: TrainSettings
+    classes: list[str]
+    variant: str
+    run_name: str
+    out_dir: Path
+    ranks: Ranks
+    device: torch.device
+    precision: torch.dtype | None
+    train_rows: pd.DataFrame
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: LoaderBatches | DeviceBatches
+    val_images: torch.Tensor
+    val_masks: torch.Tensor
+    fingerprint: dict[str, Any]
 
-        train_split, val_split = self._load_cache(manifest_path, run_dir, cache_dir, threads)
-        self.model = self._build_model()
-        self.loss_fn = _loss(self.train_rows, classes, settings, out_dir if self.ranks.main else None, device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=scaled_lr(settings),
-                                          weight_decay=settings.weight_decay, fused=device.type == "cuda")
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda epoch: lr_factor(epoch, settings))
-        sampler = RepeatFactorSampler(_sampling_factors(self.train_rows, classes, settings), seed=settings.seed,
-                                      num_replicas=self.ranks.world_size, rank=self.ranks.rank,
-                                      epoch_size=epoch_size(settings, len(self.train_rows)))
-        self.rank_batch_size = settings.batch_size // self.ranks.world_size
-        self.batches = train_batches(train_split, sampler, self.rank_batch_size, settings.hflip, settings.vflip,
-                                     settings.rotate, settings.seed, settings.num_workers, device,
-                                     settings.data_on_device, val_split)
-        on_device = isinstance(self.batches, DeviceBatches)
-        self.val_images, self.val_masks = as_tensors(val_split, device if on_device else "cpu")
-        log.info("%s: %d train images on %s (%s data path, %s, %s), %d process(es), batch %d, lr %.3g", variant,
-                 len(self.train_rows), device, "device" if on_device else "DataLoader", precision_name(self.precision),
-                 MEMORY_FORMAT, self.ranks.world_size, settings.batch_size, scaled_lr(settings))
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.pt"
 
-        self.last_path, self.best_path = out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt"
-        self.fingerprint = run_fingerprint(settings, manifest_path, classes, precision_name(self.precision))
-        self.epoch, self.step, self.elapsed = 0, 0, 0.0
-        self.best: dict[str, Any] = {"miou": -1.0, "epoch": -1}
-        self.history: list[dict[str, Any]] = []
-        # An epoch interrupted part way: its loss sum, steps and seconds so far, for its row.
-        self.partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
-        self.interrupted = False
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "checkpoints" / "best.pt"
 
-    def _load_cache(self, manifest_path: Path, run_dir: Path, cache_dir: Path,
-                    threads: int | None) -> tuple[CachedSplit, CachedSplit]:
-        """The cached train and val splits (rank 0 builds a missing cache); sets ``train_rows``."""
-        size = self.settings.image_size
-        if self.ranks.main:
-            ensure_cache(manifest_path, run_dir, cache_dir, size, threads or 1)
-        if self.ranks.world_size > 1:
-            dist.barrier()
-        manifest = pd.read_csv(manifest_path)
-        self.train_rows = manifest[manifest["split"] == "train"].reset_index(drop=True)
-        train_split = load_split(cache_dir, "train", manifest_path, size)
-        if list(self.train_rows["image_id"]) != train_split.image_ids:
-            raise RuntimeError(f"{cache_dir} does not hold the train split of {manifest_path} in order; delete it")
-        return train_split, load_split(cache_dir, "val", manifest_path, size)
+    @property
+    def rank_batch_size(self) -> int:
+        return self.settings.batch_size // self.ranks.world_size
 
-    def _build_model(self) -> torch.nn.Module:
-        s, device = self.settings, self.device
-        model = build_model(s.backbone, len(self.classes) + 1, s.weights_backbone, s.aux_loss, s.bn_momentum)
-        if self.ranks.world_size > 1 and device.type == "cuda":
-            # Batch statistics over the whole batch, as on one GPU (gloo on the CPU has no SyncBatchNorm).
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(device)
-        return to_channels_last(model)
 
-    def resume(self) -> None:
-        state = load_checkpoint(self.last_path) if self.last_path.exists() else None
-        if state is not None and state.get("fingerprint") != self.fingerprint:
-            log.warning("%s was made with other settings or data: starting afresh", self.last_path)
-            state = None
-        if state is None:
-            return
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.best, self.history, self.elapsed = state["best"], state["history"], state["elapsed"]
-        self.partial = state["partial"]
-        _set_rng_state(state["rng"])
-        log.info("resuming %s from %s: epoch %d, step %d", self.variant, self.last_path, self.epoch + 1, self.step)
+def _load_cache(manifest_path: Path, run_dir: Path, cache_dir: Path, size: int, threads: int | None,
+                ranks: Ranks) -> tuple[pd.DataFrame, CachedSplit, CachedSplit]:
+    """The train split's manifest rows and the cached train and val splits (rank 0 builds a missing cache)."""
+    if ranks.main:
+        ensure_cache(manifest_path, run_dir, cache_dir, size, threads or 1)
+    if ranks.world_size > 1:
+        dist.barrier()
+    train_rows = split_rows(pd.read_csv(manifest_path), "train")
+    train_split = load_split(cache_dir, "train", manifest_path, size)
+    if list(train_rows["image_id"]) != train_split.image_ids:
+        raise RuntimeError(f"{cache_dir} does not hold the train split of {manifest_path} in order; delete it")
+    return train_rows, train_split, load_split(cache_dir, "val", manifest_path, size)
 
-    def checkpoint(self) -> None:
-        if self.ranks.main:
-            save_checkpoint(self.last_path, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                            scheduler=self.scheduler.state_dict(), epoch=self.epoch, step=self.step, best=self.best,
-                            history=self.history, elapsed=self.elapsed, partial=self.partial, rng=_rng_state(),
-                            fingerprint=self.fingerprint, settings=dataclasses.asdict(self.settings),
-                            classes=self.classes, variant=self.variant)
 
-    def _stop_requested(self, step: int) -> bool:
-        """SIGTERM seen here, or (read every CHECK_EVERY steps) on any rank."""
-        if self.ranks.world_size == 1:
-            return self.interrupted
+def _build_model(settings: TrainSettings, num_classes: int, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+    model = build_model(settings.backbone, num_classes, settings.weights_backbone, settings.aux_loss,
+                        settings.bn_momentum)
+    if ranks.world_size > 1 and device.type == "cuda":
+        # Batch statistics over the whole batch, as on one GPU (gloo on the CPU has no SyncBatchNorm).
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return to_channels_last(model.to(device))
+
+
+def set_up(manifest_path: Path, run_dir: Path, out_dir: Path, classes: list[str], settings: TrainSettings,
+           variant: str, run_name: str, threads: int | None, cache_dir: Path) -> Training:
+    """Seeds, device, data, model, loss, optimizer and batches of one run (this rank's share of it)."""
+    ranks = current_ranks()
+    device = select_device(settings.device, ranks.rank)
+    precision = resolve_precision(settings.precision, device)
+    if settings.batch_size % ranks.world_size:
+        raise ValueError(f"train.batch_size {settings.batch_size} does not divide among "
+                         f"{ranks.world_size} processes; make it a multiple of the GPU count")
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    random.seed(settings.seed)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+
+    train_rows, train_split, val_split = _load_cache(manifest_path, run_dir, cache_dir, settings.image_size,
+                                                     threads, ranks)
+    model = _build_model(settings, len(classes) + 1, ranks, device)
+    loss_fn = _loss(train_rows, classes, settings, out_dir if ranks.main else None, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=scaled_lr(settings), weight_decay=settings.weight_decay,
+                                 fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, settings))
+    sampler = RepeatFactorSampler(_sampling_factors(train_rows, classes, settings), seed=settings.seed,
+                                  num_replicas=ranks.world_size, rank=ranks.rank,
+                                  epoch_size=epoch_size(settings, len(train_rows)))
+    batches = train_batches(train_split, sampler, settings.batch_size // ranks.world_size, settings.hflip,
+                            settings.vflip, settings.rotate, settings.seed, settings.num_workers, device,
+                            settings.data_on_device, val_split)
+    on_device = isinstance(batches, DeviceBatches)
+    val_images, val_masks = as_tensors(val_split, device if on_device else "cpu")
+    log.info("%s: %d train images on %s (%s data path, %s, %s), %d process(es), batch %d, lr %.3g", variant,
+             len(train_rows), device, "device" if on_device else "DataLoader", precision_name(precision),
+             MEMORY_FORMAT, ranks.world_size, settings.batch_size, scaled_lr(settings))
+    fingerprint = run_fingerprint(settings, manifest_path, classes, precision_name(precision))
+    return Training(settings, classes, variant, run_name, out_dir, ranks, device, precision, train_rows, model,
+                    loss_fn, optimizer, scheduler, batches, val_images, val_masks, fingerprint)
+
+
+def resume(training: Training, state: TrainState) -> None:
+    """Continue from ``last.pt`` when it was made with the same settings and data."""
+    saved = load_checkpoint(training.last_path) if training.last_path.exists() else None
+    if saved is not None and saved.get("fingerprint") != training.fingerprint:
+        log.warning("%s was made with other settings or data: starting afresh", training.last_path)
+        saved = None
+    if saved is None:
+        return
+    training.model.load_state_dict(saved["model"])
+    training.optimizer.load_state_dict(saved["optimizer"])
+    training.scheduler.load_state_dict(saved["scheduler"])
+    state.load_state_dict(saved)
+    set_rng_state(saved["rng"])
+    log.info("resuming %s from %s: epoch %d, step %d", training.variant, training.last_path, state.epoch + 1,
+             state.step)
+
+
+def save_last(training: Training, state: TrainState) -> None:
+    if training.ranks.main:
+        save_checkpoint(training.last_path, model=training.model.state_dict(),
+                        optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
+                        **state.state_dict(), rng=rng_state(), fingerprint=training.fingerprint,
+                        settings=dataclasses.asdict(training.settings), classes=training.classes,
+                        variant=training.variant)
+
+
+class StopRequest:
+    """SIGTERM (a scheduler's pre-emption) seen in this process, or, read every CHECK_EVERY steps, on any rank."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+
+    def __call__(self, *_: Any) -> None:  # the signal handler
+        self.signalled = True
+
+    def seen(self, step: int, ranks: Ranks, device: torch.device) -> bool:
+        if ranks.world_size == 1:
+            return self.signalled
         if step % CHECK_EVERY:
             return False
-        flag = torch.tensor(float(self.interrupted), device=self.device)
-        return bool(all_reduce(flag, self.ranks, "max"))
+        flag = torch.tensor(float(self.signalled), device=device)
+        return bool(all_reduce(flag, ranks, "max"))
 
-    def _raise_if_nonfinite(self, nonfinite: NonFiniteLoss) -> None:
-        step, value = nonfinite.first(self.ranks)
-        if step:
-            size = self.rank_batch_size
-            indices = self.batches.sampler.epoch_indices()[(step - 1) * size : step * size]
-            raise FloatingPointError(
-                f"{self.variant}: loss is {value} at epoch {self.epoch + 1}, step {step}; lower train.lr "
-                f"(now {scaled_lr(self.settings)}) or check the data of that step's images "
-                f"{self.train_rows['image_id'].iloc[indices].tolist()}")
 
-    def train_epoch(self, ddp_model: torch.nn.Module) -> tuple[float, int]:
-        """One epoch from ``self.step`` on; returns the mean train loss and the epoch's optimizer steps."""
-        s = self.settings
-        ddp_model.train()
-        loss_sum = torch.full((), self.partial["loss"], device=self.device)
-        steps = self.partial["steps"]
-        nonfinite = NonFiniteLoss(self.device)
-        total = self.batches.steps(self.epoch) - self.step
-        bar = tqdm(self.batches.epoch(self.epoch, self.step), total=total, disable=not self.ranks.main,
-                   desc=f"{self.variant} epoch {self.epoch + 1}/{s.epochs}", unit="batch", mininterval=2)
-        for step, (images, masks) in enumerate(bar, start=self.step):
-            if self._stop_requested(step):
-                self._raise_if_nonfinite(nonfinite)
-                self.step, self.partial = step, {"loss": float(loss_sum), "steps": steps,
-                                                 "seconds": self.partial["seconds"]}
-                raise TrainingInterrupted()
-            loss = train_step(ddp_model, images, masks, self.loss_fn, self.optimizer, s.aux_weight, self.device,
-                              self.precision)
-            nonfinite.record(loss, step)
-            loss_sum += loss
-            steps += 1
-            if (step + 1) % CHECK_EVERY == 0:
-                self._raise_if_nonfinite(nonfinite)
-        self._raise_if_nonfinite(nonfinite)
-        mean_loss = float(all_reduce(loss_sum, self.ranks)) / max(1, steps * self.ranks.world_size)
-        return mean_loss, steps
+def _raise_if_nonfinite(training: Training, state: TrainState, nonfinite: NonFiniteLoss) -> None:
+    step, value = nonfinite.first(training.ranks)
+    if step:
+        size = training.rank_batch_size
+        indices = training.batches.sampler.epoch_indices()[(step - 1) * size : step * size]
+        raise FloatingPointError(
+            f"{training.variant}: loss is {value} at epoch {state.epoch + 1}, step {step}; lower train.lr "
+            f"(now {scaled_lr(training.settings)}) or check the data of that step's images "
+            f"{training.train_rows['image_id'].iloc[indices].tolist()}")
 
-    def _sync_buffers(self) -> None:
-        """Rank 0's batch-norm statistics everywhere (plain BatchNorm keeps them per rank)."""
-        if self.ranks.world_size > 1:
-            for buffer in self.model.buffers():
-                dist.broadcast(buffer, 0)
 
-    def end_epoch(self, train_loss: float, steps: int, train_seconds: float, started: float, wandb_run: Any) -> None:
-        s = self.settings
-        if s.bn_recalibration:
-            recalibrate_batch_norm(self.model, self.batches.epoch(self.epoch), s.bn_recalibration, self.device,
-                                   self.precision)
-        self._sync_buffers()
-        val = validate(self.model, self.val_images, self.val_masks, len(self.classes) + 1, s.eval_batch_size,
-                       self.device, self.precision, self.loss_fn, self.ranks)
-        self.elapsed += time.perf_counter() - started
-        row = _epoch_row(self.epoch, self.optimizer.param_groups[0]["lr"], train_loss, val, self.classes, steps,
-                         s.batch_size, train_seconds)
-        self.history.append(row)
-        self.scheduler.step()
-        if val["miou"] > self.best["miou"]:
-            self.best = {"miou": val["miou"], "epoch": self.epoch + 1}
-            if self.ranks.main:
-                save_checkpoint(self.best_path, model=self.model.state_dict(), epoch=self.epoch + 1,
-                                val_miou=val["miou"], settings=dataclasses.asdict(s), classes=self.classes,
-                                variant=self.variant)
-        self.epoch, self.step = self.epoch + 1, 0
-        self.checkpoint()
-        if self.ranks.main:
-            # Progress to watch; the declared metrics.csv appears only in finish(), so that an output
-            # Snakemake tracks never exists for an unfinished job (see README: after a crash).
-            write_csv(pd.DataFrame(self.history), self.last_path.parent / "metrics.csv")
-        log.info("%s epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f at epoch %d)", self.variant,
-                 self.epoch, row["train_loss"], row["val_loss"], row["val_miou"], self.best["miou"],
-                 self.best["epoch"])
+def train_one_epoch(training: Training, state: TrainState, model: torch.nn.Module,
+                    stop: StopRequest) -> tuple[float, int]:
+    """The current epoch from ``state.step`` on; returns its mean train loss and optimizer steps.
+
+    On a stop request ``state`` records where the epoch stands, and ``TrainingInterrupted`` is raised.
+    """
+    s, device = training.settings, training.device
+    model.train()
+    loss_sum = torch.full((), state.partial["loss"], device=device)
+    steps = state.partial["steps"]
+    nonfinite = NonFiniteLoss(device)
+    total = training.batches.steps(state.epoch) - state.step
+    bar = tqdm(training.batches.epoch(state.epoch, state.step), total=total, disable=not training.ranks.main,
+               desc=f"{training.variant} epoch {state.epoch + 1}/{s.epochs}", unit="batch", mininterval=2)
+    for step, (images, masks) in enumerate(bar, start=state.step):
+        if stop.seen(step, training.ranks, device):
+            _raise_if_nonfinite(training, state, nonfinite)
+            state.step = step
+            state.partial = {"loss": float(loss_sum), "steps": steps, "seconds": state.partial["seconds"]}
+            raise TrainingInterrupted()
+        loss = train_step(model, images, masks, training.loss_fn, training.optimizer, s.aux_weight, device,
+                          training.precision)
+        nonfinite.record(loss, step)
+        loss_sum += loss
+        steps += 1
+        if (step + 1) % CHECK_EVERY == 0:
+            _raise_if_nonfinite(training, state, nonfinite)
+    _raise_if_nonfinite(training, state, nonfinite)
+    mean_loss = float(all_reduce(loss_sum, training.ranks)) / max(1, steps * training.ranks.world_size)
+    return mean_loss, steps
+
+
+def _sync_buffers(training: Training) -> None:
+    """Rank 0's batch-norm statistics everywhere (plain BatchNorm keeps them per rank)."""
+    if training.ranks.world_size > 1:
+        for buffer in training.model.buffers():
+            dist.broadcast(buffer, 0)
+
+
+def end_epoch(training: Training, state: TrainState, train_loss: float, steps: int, train_seconds: float,
+              started: float, wandb_run: Any) -> None:
+    """Validation, the epoch's row, best.pt when it is the best so far, and last.pt."""
+    s = training.settings
+    if s.bn_recalibration:
+        recalibrate_batch_norm(training.model, training.batches.epoch(state.epoch), s.bn_recalibration,
+                               training.device, training.precision)
+    _sync_buffers(training)
+    val = validate(training.model, training.val_images, training.val_masks, len(training.classes) + 1,
+                   s.eval_batch_size, training.device, training.precision, training.loss_fn, training.ranks)
+    state.elapsed += time.perf_counter() - started
+    row = _epoch_row(state.epoch, training.optimizer.param_groups[0]["lr"], train_loss, val, training.classes,
+                     steps, s.batch_size, train_seconds)
+    state.history.append(row)
+    training.scheduler.step()
+    if val["miou"] > state.best["miou"]:
+        state.best = {"miou": val["miou"], "epoch": state.epoch + 1}
+        if training.ranks.main:
+            save_checkpoint(training.best_path, model=training.model.state_dict(), epoch=state.epoch + 1,
+                            val_miou=val["miou"], settings=dataclasses.asdict(s), classes=training.classes,
+                            variant=training.variant)
+    state.epoch, state.step = state.epoch + 1, 0
+    save_last(training, state)
+    if training.ranks.main:
+        # Progress to watch; the declared metrics.csv appears only in finish(), so that an output
+        # Snakemake tracks never exists for an unfinished job (see README: after a crash).
+        write_csv(pd.DataFrame(state.history), training.last_path.parent / "metrics.csv")
+    log.info("%s epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f at epoch %d)", training.variant,
+             state.epoch, row["train_loss"], row["val_loss"], row["val_miou"], state.best["miou"],
+             state.best["epoch"])
+    if wandb_run is not None:
+        wandb_run.log(row, step=state.epoch)
+
+
+def _check_ranks_agree(training: Training) -> None:
+    """Every rank ends with the same weights, or DistributedDataParallel did not do its work."""
+    if training.ranks.world_size == 1:
+        return
+    checksum = torch.stack([p.detach().double().sum() for p in training.model.parameters()]).sum()
+    extremes = torch.stack([checksum, -checksum])
+    all_reduce(extremes, training.ranks, "max")
+    if float(extremes[0]) != -float(extremes[1]):
+        raise RuntimeError(f"{training.variant}: the ranks' weights differ at the end of training")
+
+
+def _wrapped_model(training: Training) -> torch.nn.Module:
+    """The model the steps run: under DistributedDataParallel with several ranks, compiled when asked."""
+    model = training.model
+    if training.ranks.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[training.device] if training.device.type == "cuda" else None)
+    if training.settings.compile:
+        model = torch.compile(model)
+    return model
+
+
+def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[int], None] | None) -> None:
+    """Epochs from where ``state`` stands to the last; SIGTERM saves last.pt and raises ``TrainingInterrupted``."""
+    model = _wrapped_model(training)
+    stop = StopRequest()
+    previous_handler = signal.signal(signal.SIGTERM, stop)
+    wandb_run = (_start_wandb(training.settings, training.run_name, training.variant, training.out_dir)
+                 if training.ranks.main else None)
+    try:
+        while state.epoch < training.settings.epochs:
+            started = time.perf_counter()
+            try:
+                train_loss, steps = train_one_epoch(training, state, model, stop)
+            except TrainingInterrupted:
+                state.elapsed += time.perf_counter() - started
+                state.partial["seconds"] += time.perf_counter() - started
+                save_last(training, state)
+                log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", training.last_path, state.epoch + 1,
+                            state.step)
+                raise
+            if training.device.type == "cuda":
+                torch.cuda.synchronize(training.device)
+            train_seconds = time.perf_counter() - started + state.partial["seconds"]
+            state.partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
+            end_epoch(training, state, train_loss, steps, train_seconds, started, wandb_run)
+            if on_epoch_end is not None:
+                on_epoch_end(state.epoch - 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
         if wandb_run is not None:
-            wandb_run.log(row, step=self.epoch)
+            wandb_run.finish()
 
-    def _check_ranks_agree(self) -> None:
-        """Every rank ends with the same weights, or DistributedDataParallel did not do its work."""
-        if self.ranks.world_size == 1:
-            return
-        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum()
-        extremes = torch.stack([checksum, -checksum])
-        all_reduce(extremes, self.ranks, "max")
-        if float(extremes[0]) != -float(extremes[1]):
-            raise RuntimeError(f"{self.variant}: the ranks' weights differ at the end of training")
 
-    def run(self, on_epoch_end: Callable[[int], None] | None) -> dict[str, Any]:
-        self.resume()
-        model: torch.nn.Module = self.model
-        if self.ranks.world_size > 1:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        if self.settings.compile:
-            model = torch.compile(model)
-        previous_handler = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "interrupted", True))
-        wandb_run = _start_wandb(self.settings, self.run_name, self.variant, self.out_dir) if self.ranks.main else None
-        try:
-            while self.epoch < self.settings.epochs:
-                started = time.perf_counter()
-                try:
-                    train_loss, steps = self.train_epoch(model)
-                except TrainingInterrupted:
-                    self.elapsed += time.perf_counter() - started
-                    self.partial["seconds"] += time.perf_counter() - started
-                    self.checkpoint()
-                    log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", self.last_path, self.epoch + 1,
-                                self.step)
-                    raise
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                train_seconds = time.perf_counter() - started + self.partial["seconds"]
-                self.partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
-                self.end_epoch(train_loss, steps, train_seconds, started, wandb_run)
-                if on_epoch_end is not None:
-                    on_epoch_end(self.epoch - 1)
-        finally:
-            signal.signal(signal.SIGTERM, previous_handler)
-            if wandb_run is not None:
-                wandb_run.finish()
-        self._check_ranks_agree()
-        return self.finish() if self.ranks.main else {}
-
-    def finish(self) -> dict[str, Any]:
-        """training.json, the final metrics.csv, and best.pt copied out of checkpoints/."""
-        frame = pd.DataFrame(self.history)
-        summary = {"variant": self.variant, "best_epoch": self.best["epoch"], "best_val_miou": self.best["miou"],
-                   "seed": self.settings.seed, "epochs": self.settings.epochs, "budget": self.settings.budget,
-                   "steps": int(frame["steps"].sum()), "images": int(frame["images"].sum()),
-                   "train_seconds": float(frame["seconds"].sum()),
-                   "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
-                   "wall_seconds": self.elapsed, "device": str(self.device), "world_size": self.ranks.world_size,
-                   "precision": precision_name(self.precision), "memory_format": MEMORY_FORMAT,
-                   "data_path": "device" if isinstance(self.batches, DeviceBatches) else "DataLoader",
-                   "lr": scaled_lr(self.settings), "settings": dataclasses.asdict(self.settings)}
-        with atomic_path(self.out_dir / "training.json") as tmp:
-            tmp.write_text(json.dumps(summary, indent=2))
-        write_csv(frame, self.out_dir / "metrics.csv")
-        with atomic_path(self.out_dir / "best.pt") as tmp:
-            shutil.copyfile(self.best_path, tmp)
-        return summary
+def finish(training: Training, state: TrainState) -> dict[str, Any]:
+    """training.json, the final metrics.csv, and best.pt copied out of checkpoints/."""
+    settings, frame = training.settings, pd.DataFrame(state.history)
+    summary = {"variant": training.variant, "best_epoch": state.best["epoch"], "best_val_miou": state.best["miou"],
+               "seed": settings.seed, "epochs": settings.epochs, "budget": settings.budget,
+               "steps": int(frame["steps"].sum()), "images": int(frame["images"].sum()),
+               "train_seconds": float(frame["seconds"].sum()),
+               "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
+               "wall_seconds": state.elapsed, "device": str(training.device),
+               "world_size": training.ranks.world_size, "precision": precision_name(training.precision),
+               "memory_format": MEMORY_FORMAT,
+               "data_path": "device" if isinstance(training.batches, DeviceBatches) else "DataLoader",
+               "lr": scaled_lr(settings), "settings": dataclasses.asdict(settings)}
+    with atomic_path(training.out_dir / "training.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    write_csv(frame, training.out_dir / "metrics.csv")
+    with atomic_path(training.out_dir / "best.pt") as tmp:
+        shutil.copyfile(training.best_path, tmp)
+    return summary
 
 
 def train(
@@ -523,8 +541,12 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     use_threads(process_threads(threads))
     cache = Path(cache_dir) if cache_dir else run_dir / "cache" / f"{settings.image_size}px"
-    return _Run(Path(manifest_path), run_dir, out_dir, classes, settings, variant, run_name, threads, cache).run(
-        on_epoch_end)
+    training = set_up(Path(manifest_path), run_dir, out_dir, classes, settings, variant, run_name, threads, cache)
+    state = TrainState()
+    resume(training, state)
+    run_epochs(training, state, on_epoch_end)
+    _check_ranks_agree(training)
+    return finish(training, state) if training.ranks.main else {}
 
 
 def process_threads(threads: int | None) -> int | None:

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
+def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The manifest's rows of one split (train, val or test), in manifest order, indexed from 0."""
+    return manifest[manifest["split"] == split].reset_index(drop=True)
+
+
 def split_sizes(total: int, fractions: dict[str, float]) -> dict[str, int]:
     """Sizes that add up to ``total``, each the floor of its share plus at most one."""
     norm = sum(fractions.values())
