@@ -98,7 +98,18 @@ def test_split(selection, tmp_path):
                             "images_dir": "images"}, log=tmp_path / "split.log")
     manifest = pd.read_csv(tmp_path / "manifest.csv")
     assert manifest["split"].value_counts().to_dict() == {"train": 48, "val": 6, "test": 6}
-    assert pd.read_csv(tmp_path / "splits.csv").equals(manifest[["image_id", "split"]])
+    splits = pd.read_csv(tmp_path / "splits.csv")
+    # The split follows the images and the seed, not how the masks were sharded: one shard, same split.
+    build_masks(selection / "instances.json", tmp_path / "one", tmp_path / "all.csv", shard=0, num_shards=1)
+    fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
+    split_manifest(selection / "selected.csv", [tmp_path / "all.csv"], CLASSES, tmp_path / "m1.csv",
+                   tmp_path / "s1.csv", fractions, seed=0)
+    assert pd.read_csv(tmp_path / "s1.csv").equals(splits)
+    split_manifest(selection / "selected.csv", [tmp_path / "all.csv"], CLASSES, tmp_path / "m2.csv",
+                   tmp_path / "s2.csv", fractions, seed=1)
+    assert not pd.read_csv(tmp_path / "s2.csv")["split"].equals(splits["split"])  # the seed matters
+    for name in CLASSES:  # stratified: each class (present in 6+ images here) in each split
+        assert set(manifest.loc[manifest[f"pixels_{name}"] > 0, "split"]) == {"train", "val", "test"}, name
 
 
 def test_stats(manifest, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from cocoseg.data.split import stratified_split
 from conftest import CLASSES, REPO, without_training_stack
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
@@ -96,9 +97,8 @@ def test_data_run_meets_the_contract(data_run):
     required = ["image_id", "file_name", "width", "height", "split", "mask_path"]
     assert set(required + [f"pixels_{c}" for c in CLASSES]) <= set(manifest.columns)
     assert manifest["split"].value_counts().to_dict() == {"train": 64, "val": 8, "test": 8}
-    splits = pd.read_csv(run / "data" / "splits.csv")
-    assert splits.equals(manifest[["image_id", "split"]])
     images_dir = data_run / "resources" / "synthetic-tiny" / "images"
+    present = pd.DataFrame(False, index=manifest.index, columns=CLASSES)
     for row in manifest.itertuples():
         with Image.open(run / row.mask_path) as mask_image:
             assert mask_image.mode in ("L", "P")
@@ -109,6 +109,12 @@ def test_data_run_meets_the_contract(data_run):
         assert set(np.flatnonzero(hist)) <= {0, 1, 2, 3, 4, 5, 255}
         for label, name in enumerate(CLASSES, start=1):
             assert manifest.loc[row.Index, f"pixels_{name}"] == hist[label]
+            present.loc[row.Index, name] = hist[label] > 0
+    # The split is the stratified split of what the mask files hold (not of counts that could disagree).
+    split = yaml.safe_load((data_run / "tiny.yaml").read_text())["split"]
+    expected = stratified_split(present, {name: split[name] for name in ("train", "val", "test")}, split["seed"])
+    assert manifest["split"].tolist() == expected.tolist()
+    assert pd.read_csv(run / "data" / "splits.csv")["split"].tolist() == expected.tolist()
     rejected = pd.read_csv(run / "data" / "rejected.csv")
     assert list(rejected.columns) == ["image_id", "file_name", "reason"]
     for rule in ("synth", "download_images", "download_annotations", "extract_annotations", "extract_images",
