@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from cocoseg.data.masks import palette  # noqa: E402
+from cocoseg.data.split import split_rows  # noqa: E402
 from cocoseg.datasets import read_mask, read_rgb  # noqa: E402
 from cocoseg.io import save_figure, write_csv, write_text  # noqa: E402
 from cocoseg.variants import parse_variant  # noqa: E402
@@ -177,7 +178,7 @@ def confusion_heatmaps(confusion_csvs: dict[str, str | Path], path: str | Path) 
 
 def sample_test_images(manifest_path: str | Path, count: int, seed: int) -> list[int]:
     """A fixed, seeded choice of test images: the same for every variant."""
-    test = pd.read_csv(manifest_path).query("split == 'test'")["image_id"].to_numpy()
+    test = split_rows(pd.read_csv(manifest_path), "test")["image_id"].to_numpy()
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(test, size=min(count, len(test)), replace=False).tolist())
 
