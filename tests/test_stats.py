@@ -104,7 +104,8 @@ def write_run(root, variant, seed, val_miou, confusion, image_ids, steps=10):
     metrics = {"variant": variant, "seed": seed, "val": {"miou": val_miou}, "test": record}
     (folder / "evaluation" / "metrics.json").write_text(json.dumps(metrics))
     training = {"best_epoch": 1, "epochs": 1, "budget": "steps", "steps": steps, "images": steps * 4,
-                "train_seconds": 60.0, "images_per_s": 1.0, "device": "cpu"}
+                "train_seconds": 60.0, "images_per_s": 1.0, "device": "cpu", "precision": "fp32",
+                "memory_format": "channels_last"}
     (folder / "training.json").write_text(json.dumps(training))
     np.savez(folder / "evaluation" / "per_image_confusion.npz", image_id=image_ids, confusion=confusion)
     return folder
@@ -144,6 +145,29 @@ def test_comparison_ranks_by_validation_and_pairs_with_the_reference(disagreeing
     reference_rows = per_class[per_class["variant"] == reference]
     assert (reference_rows[["delta_iou", "delta_ci_low", "delta_ci_high"]] == 0).all().all()
     assert len(per_class) == 3 * (len(CLASSES) + 1)
+    for _, rows in per_class.groupby("class"):  # Holm within each class, over the configurations
+        np.testing.assert_allclose(rows["p_holm"], holm(rows["p_value"].to_numpy()))
+
+
+def test_configurations_share_the_image_and_seed_draws(tmp_path):
+    """Two configurations with the same predictions differ by exactly 0 in every replicate, whatever order
+    their runs are listed in: the images drawn, and the seeds drawn (paired by seed), are the same."""
+    rng = np.random.default_rng(4)
+    ids = np.arange(40)
+    per_seed = [random_confusions(rng, 1, 40, noise=n)[0] for n in (0.05, 0.3)]
+    folders = [write_run(tmp_path, "mobilenet_v3_large-cross_entropy-uniform", s, 0.3, per_seed[s], ids)
+               for s in (0, 1)]
+    folders += [write_run(tmp_path, "resnet50-cross_entropy-uniform", s, 0.4, per_seed[s][::-1], ids[::-1])
+                for s in (1, 0)]  # listed seed 1 first, images in reverse order
+    table, per_class = compare([f / "evaluation/metrics.json" for f in folders], [f / "training.json" for f in folders],
+                               [f / "evaluation/per_image_confusion.npz" for f in folders], CLASSES,
+                               "mobilenet_v3_large-cross_entropy-uniform", 300)
+    twin = table.set_index("variant").loc["resnet50-cross_entropy-uniform"]
+    assert (twin["delta_miou"], twin["delta_ci_low"], twin["delta_ci_high"]) == (0, 0, 0)
+    assert twin["p_value"] == 1.0 and not twin["significant"]
+    assert twin["test_miou_ci_low"] < twin["test_miou_ci_high"]  # the replicates themselves do vary
+    twin_rows = per_class[per_class["variant"] == "resnet50-cross_entropy-uniform"]
+    assert (twin_rows[["delta_iou", "delta_ci_low", "delta_ci_high"]] == 0).all().all()
 
 
 def test_summary_follows_validation_not_test(disagreeing_runs, tmp_path):

@@ -62,12 +62,17 @@ def write_tables(metrics_paths: list[str | Path], training_paths: list[str | Pat
                  summary_csv: str | Path, summary_html: str | Path, per_class_csv: str | Path,
                  per_class_html: str | Path) -> pd.DataFrame:
     summary, per_class = summary_tables(metrics_paths, training_paths, classes)
-    summary = summary.sort_values(["val_miou", "variant", "seed"], ascending=[False, True, True],
-                                  na_position="last").reset_index(drop=True)
+    # Configurations by their mean validation mIoU over seeds (as tables/comparison ranks them), then
+    # each configuration's runs by their own: the top row is that configuration's best-validation run.
+    configuration_val = summary.groupby("variant")["val_miou"].transform("mean")
+    summary = (summary.assign(_rank=configuration_val)
+               .sort_values(["_rank", "val_miou", "seed"], ascending=[False, False, True], na_position="last")
+               .drop(columns="_rank").reset_index(drop=True))
     per_class = per_class.set_index(["variant", "seed"]).loc[list(zip(summary["variant"], summary["seed"]))]
     per_class = per_class.reset_index()
-    note = ("One row per training run (variant and seed), ranked by validation mIoU: the highlighted run is the "
-            "one validation chooses; test numbers are reported for it, never used to choose. Validation and test "
+    note = ("One row per training run (variant and seed), ranked by validation mIoU: variants by their mean over "
+            "seeds, then each variant's runs by their own. The highlighted run is the best-validation run of the "
+            "variant validation chooses; test numbers are reported for it, never used to choose. Validation and test "
             "are evaluated once with the checkpoint of the best validation mIoU, at each label mask's own "
             "resolution. mIoU averages every class, background included.")
     write_csv(summary, summary_csv)
@@ -78,18 +83,24 @@ def write_tables(metrics_paths: list[str | Path], training_paths: list[str | Pat
 
 
 def training_curves(metrics_csvs: dict[str, str | Path], path: str | Path) -> None:
+    """Loss and validation mIoU per epoch of every run (``"<variant> seed <seed>"`` -> metrics.csv):
+    one colour per variant, one marker per seed."""
     fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    for index, (variant, csv) in enumerate(sorted(metrics_csvs.items())):
+    variants = sorted({run.split(" seed ")[0] for run in metrics_csvs})
+    markers: dict[str, str] = {}
+    for run, csv in sorted(metrics_csvs.items()):
+        variant, _, seed = run.partition(" seed ")
         history = pd.read_csv(csv)
-        colour = plt.cm.tab20(index % 20)
-        loss_ax.plot(history["epoch"], history["train_loss"], color=colour, label=f"{variant} train")
-        loss_ax.plot(history["epoch"], history["val_loss"], color=colour, linestyle="--", label=f"{variant} val")
-        miou_ax.plot(history["epoch"], history["val_miou"], color=colour, marker="o", markersize=3, label=variant)
+        colour = plt.cm.tab20(variants.index(variant) % 20)
+        marker = markers.setdefault(seed, "os^Dv<>"[len(markers) % 7])
+        loss_ax.plot(history["epoch"], history["train_loss"], color=colour, label=f"{run} train")
+        loss_ax.plot(history["epoch"], history["val_loss"], color=colour, linestyle="--", label=f"{run} val")
+        miou_ax.plot(history["epoch"], history["val_miou"], color=colour, marker=marker, markersize=3, label=run)
     loss_ax.set(title="Loss (solid: train, dashed: validation)", xlabel="epoch", ylabel="loss")
     miou_ax.set(title="Validation mIoU", xlabel="epoch", ylabel="mIoU")
     for ax in (loss_ax, miou_ax):
         ax.grid(alpha=0.3)
-    miou_ax.legend(fontsize=7, loc="lower right")
+    miou_ax.legend(fontsize=6, loc="lower right", ncol=2 if len(metrics_csvs) > 12 else 1)
     save_figure(fig, path)
 
 
