@@ -181,13 +181,16 @@ def test_killed_mask_shards_and_cache_build_are_redone_exactly(reference, tmp_pa
     args = prepare(tmp_path)
     masks_dir = run_dir(tmp_path) / "data" / "masks"
     cache_dir = run_dir(tmp_path) / "cache" / "32px"
-    interrupted(args, tmp_path / "masks.log", lambda: any(masks_dir.glob("*.png")), script="masks")
+    interrupted(args, tmp_path / "masks.log", lambda: any(masks_dir.glob("*/*.png")), script="masks")
     interrupted(args, tmp_path / "cache.log", lambda: any(cache_dir.glob(".*.tmp")), script="cache")
     assert not (cache_dir / "cache.json").exists() and not (cache_dir / "train_images.npy").exists()
     snakemake(args)
 
     data, reference_data = run_dir(tmp_path) / "data", run_dir(reference) / "data"
-    assert files(data / "masks") == files(reference_data / "masks")
+    shards = sorted(path.name for path in (reference_data / "masks").iterdir())  # one folder per shard
+    assert sorted(path.name for path in (data / "masks").iterdir()) == shards and shards
+    for shard in shards:
+        assert files(data / "masks" / shard) == files(reference_data / "masks" / shard)
     assert files(data / "shards") == files(reference_data / "shards")
     assert files(data) == files(reference_data)  # manifest.csv, splits.csv, selected.csv, instances.json ...
     assert files(cache_dir) == files(run_dir(reference) / "cache" / "32px")

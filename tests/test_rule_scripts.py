@@ -77,8 +77,8 @@ def test_select(synthetic, tmp_path):
 
 def test_masks(selection, tmp_path):
     run_rule_script("masks", input={"instances": selection / "instances.json"},
-                    output={"counts": tmp_path / "pixels-1.csv"},
-                    params={"masks_dir": tmp_path / "masks", "crowd": "ignore", "num_shards": 2},
+                    output={"counts": tmp_path / "pixels-1.csv", "masks": tmp_path / "masks"},
+                    params={"crowd": "ignore", "num_shards": 2},
                     wildcards={"shard": "1"}, log=tmp_path / "masks.log")
     counts = pd.read_csv(tmp_path / "pixels-1.csv")
     selected = pd.read_csv(selection / "selected.csv")["image_id"].tolist()
@@ -95,8 +95,11 @@ def test_split(selection, tmp_path):
                                     "counts": [tmp_path / "c0.csv", tmp_path / "c1.csv"]},
                     output={"manifest": tmp_path / "manifest.csv", "splits": tmp_path / "splits.csv"},
                     params={"classes": CLASSES, "fractions": {"train": 0.8, "val": 0.1, "test": 0.1}, "seed": 0,
-                            "images_dir": "images"}, log=tmp_path / "split.log")
+                            "images_dir": "images", "mask_dirs": ["data/masks/0", "data/masks/1"]},
+                    log=tmp_path / "split.log")
     manifest = pd.read_csv(tmp_path / "manifest.csv")
+    shard_of = {i: shard for shard in (0, 1) for i in pd.read_csv(tmp_path / f"c{shard}.csv")["image_id"]}
+    assert manifest["mask_path"].tolist() == [f"data/masks/{shard_of[i]}/{i}.png" for i in manifest["image_id"]]
     assert manifest["split"].value_counts().to_dict() == {"train": 48, "val": 6, "test": 6}
     splits = pd.read_csv(tmp_path / "splits.csv")
     # The split follows the images and the seed, not how the masks were sharded: one shard, same split.

@@ -110,8 +110,9 @@ rule masks:
         instances=rules.select.output.instances,
     output:
         counts=f"{RUN}/data/shards/pixels-{{shard}}.csv",
+        # One folder per shard: Snakemake tracks (and cleans) what each job writes.
+        masks=directory(f"{RUN}/data/masks/{{shard}}"),
     params:
-        masks_dir=f"{RUN}/data/masks",
         crowd=lookup(dpath="dataset/crowd", within=config),
         num_shards=len(MASK_SHARDS),
     wildcard_constraints:
@@ -132,11 +133,13 @@ rule split:
     input:
         selected=rules.select.output.selected,
         counts=expand(rules.masks.output.counts, shard=MASK_SHARDS),
+        masks=expand(rules.masks.output.masks, shard=MASK_SHARDS),
     output:
         manifest=f"{RUN}/data/manifest.csv",
         splits=f"{RUN}/data/splits.csv",
     params:
         classes=CLASSES,
+        mask_dirs=[f"data/masks/{shard}" for shard in MASK_SHARDS],
         fractions=lambda wildcards: {name: config["split"][name] for name in ("train", "val", "test")},
         seed=lookup(dpath="split/seed", within=config),
         images_dir=images_dir(),

@@ -10,6 +10,7 @@ rule evaluate:
         confusion=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/confusion.csv",
         per_image=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image.csv",
         per_image_confusion=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image_confusion.npz",
+        predictions=directory(f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/predictions"),
     threads: lookup(dpath="train/threads", within=config)
     resources:
         # Evaluation runs in one process: one GPU whatever training used.

@@ -86,10 +86,19 @@ def split_manifest(
     fractions: dict[str, float],
     seed: int = 0,
     images_dir: str | Path | None = None,
+    mask_dirs: list[str] | None = None,
 ) -> pd.DataFrame:
-    """Join the selection with the mask pixel counts, split it, write manifest.csv and splits.csv."""
+    """Join the selection with the mask pixel counts, split it, write manifest.csv and splits.csv.
+
+    ``mask_dirs``: the folder (relative to the run folder) of each counts file's masks; default
+    ``data/masks`` for all.
+    """
     selected = pd.read_csv(selected_path)
-    counts = pd.concat([pd.read_csv(p) for p in counts_paths], ignore_index=True)
+    mask_dirs = mask_dirs or ["data/masks"] * len(counts_paths)
+    if len(mask_dirs) != len(counts_paths):
+        raise ValueError(f"{len(counts_paths)} counts files but {len(mask_dirs)} mask folders")
+    counts = pd.concat([pd.read_csv(path).assign(mask_dir=folder) for path, folder in zip(counts_paths, mask_dirs)],
+                       ignore_index=True)
     manifest = selected.merge(counts, on="image_id", how="left", validate="one_to_one")
     missing = manifest["pixels_background"].isna()
     if missing.any():
@@ -99,7 +108,7 @@ def split_manifest(
     manifest[pixel_columns + ["pixels_background", "pixels_ignore"]] = manifest[
         pixel_columns + ["pixels_background", "pixels_ignore"]].astype("int64")
     manifest["split"] = stratified_split(manifest[pixel_columns] > 0, fractions, seed)
-    manifest["mask_path"] = [f"data/masks/{i}.png" for i in manifest["image_id"]]
+    manifest["mask_path"] = [f"{folder}/{i}.png" for folder, i in zip(manifest.pop("mask_dir"), manifest["image_id"])]
     if images_dir is not None:
         manifest["image_path"] = [str(Path(images_dir) / name) for name in manifest["file_name"]]
     front = ["image_id", "file_name", "width", "height", "split", "mask_path"]
