@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from cocoseg.checkpoint import load_checkpoint
 from cocoseg.train import TIMING_COLUMNS
 from conftest import REPO
 
@@ -155,6 +156,12 @@ def files(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
 
 
+def assert_cut_short(root: Path) -> None:
+    """The kill landed while training: a checkpoint to resume from, and epochs still to train."""
+    last = model_dir(root) / "checkpoints" / "last.pt"
+    assert last.exists() and load_checkpoint(last)["epoch"] < 4
+
+
 def assert_resumed(root: Path, reference: Path) -> None:
     assert any("resuming" in path.read_text() for path in (run_dir(root) / "logs").glob("train_*.log"))
     pd.testing.assert_frame_equal(metrics(root), metrics(reference))
@@ -172,7 +179,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_killed_training_job_resumes_when_the_same_command_is_typed_again(reference, tmp_path):
     args = prepare(tmp_path)
     interrupted(args, tmp_path / "killed.log", first_epoch_done(tmp_path), script="train")
-    assert (model_dir(tmp_path) / "checkpoints" / "last.pt").exists()
+    assert_cut_short(tmp_path)
     snakemake(args)
     assert_resumed(tmp_path, reference)
 
@@ -181,8 +188,12 @@ def test_killed_mask_shards_and_cache_build_are_redone_exactly(reference, tmp_pa
     args = prepare(tmp_path)
     masks_dir = run_dir(tmp_path) / "data" / "masks"
     cache_dir = run_dir(tmp_path) / "cache" / "32px"
-    interrupted(args, tmp_path / "masks.log", lambda: any(masks_dir.glob("*/*.png")), script="masks")
+    interrupted(args, tmp_path / "masks.log", lambda: any(masks_dir.glob(".*.partial/*.png")), script="masks")
+    # Killed part way: a shard's masks in progress are left behind, and its declared outputs do not exist.
+    assert any(masks_dir.glob(".*.partial/*.png"))
+    assert len(list((run_dir(tmp_path) / "data" / "shards").glob("pixels-*.csv"))) < 2
     interrupted(args, tmp_path / "cache.log", lambda: any(cache_dir.glob(".*.tmp")), script="cache")
+    assert any(cache_dir.glob(".*.tmp"))  # left behind, for the next build to remove
     assert not (cache_dir / "cache.json").exists() and not (cache_dir / "train_images.npy").exists()
     snakemake(args)
 
@@ -201,7 +212,7 @@ def test_after_a_power_loss_unlock_then_the_same_command_resumes(reference, tmp_
     args = prepare(tmp_path)
     interrupted(args, tmp_path / "power_loss.log", first_epoch_done(tmp_path))  # kill -9 of the process group
     # Snakemake marked the training's declared outputs incomplete when it started the job: none may exist.
-    assert (model_dir(tmp_path) / "checkpoints" / "last.pt").exists()
+    assert_cut_short(tmp_path)
     assert not any((model_dir(tmp_path) / name).exists() for name in ("best.pt", "metrics.csv", "training.json"))
     locked = snakemake(args, check=False)
     assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr

@@ -130,3 +130,29 @@ def test_instances_file_keeps_only_target_classes(selection):
     assert {c["name"] for c in instances["categories"]} == set(CLASSES)
     kept = {c["id"] for c in instances["categories"]}
     assert all(a["category_id"] in kept for a in instances["annotations"])
+
+
+def test_a_shard_folder_appears_only_complete(selection, tmp_path, monkeypatch):
+    """A shard killed part way leaves only its work in progress; the next run removes it and matches."""
+    import cocoseg.data.masks as masks_module
+
+    reference = build_masks(selection / "instances.json", tmp_path / "ref" / "0", tmp_path / "ref.csv")
+    save, calls = masks_module.save_mask, []
+
+    def save_then_die(*args, **kwargs):
+        save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(masks_module, "save_mask", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_masks(selection / "instances.json", tmp_path / "masks" / "0", tmp_path / "counts.csv")
+    assert not (tmp_path / "masks" / "0").exists() and not (tmp_path / "counts.csv").exists()
+    assert len(list((tmp_path / "masks" / ".0.0.partial").glob("*.png"))) == 3
+    monkeypatch.setattr(masks_module, "save_mask", save)
+    counts = build_masks(selection / "instances.json", tmp_path / "masks" / "0", tmp_path / "counts.csv")
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == ["0"]  # the leftover is gone
+    pd.testing.assert_frame_equal(counts, reference)
+    for path in (tmp_path / "ref" / "0").iterdir():
+        assert (tmp_path / "masks" / "0" / path.name).read_bytes() == path.read_bytes()

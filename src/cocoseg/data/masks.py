@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -81,12 +83,18 @@ def pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return np.append(counts[: num_classes + 1], counts[IGNORE_LABEL])
 
 
-def _remove_leftovers(masks_dir: Path, image_ids: set[int]) -> None:
-    """Temporary files that a killed job of this shard left (other shards may be writing theirs)."""
-    for leftover in masks_dir.glob(".*.png.*.tmp"):
-        stem = leftover.name[1:].split(".", 1)[0]
-        if stem.isdigit() and int(stem) in image_ids:
-            leftover.unlink(missing_ok=True)
+def _publish(partial: Path, masks_dir: Path) -> None:
+    """The shard's masks made visible at once: its folder renamed into place when the shard has one of its
+    own (a Snakemake ``directory()`` output then never exists unfinished, so a power loss leaves nothing
+    incomplete behind), else each file moved into the shared folder."""
+    if masks_dir.is_dir() and not any(masks_dir.iterdir()):
+        masks_dir.rmdir()
+    if not masks_dir.exists():
+        os.replace(partial, masks_dir)
+        return
+    for path in partial.iterdir():
+        os.replace(path, masks_dir / path.name)
+    partial.rmdir()
 
 
 def build_masks(
@@ -106,15 +114,20 @@ def build_masks(
     for ann in instances["annotations"]:
         by_image[ann["image_id"]].append(ann)
     images = sorted(instances["images"], key=lambda image: image["id"])[shard::num_shards]
-    _remove_leftovers(Path(masks_dir), {image["id"] for image in images})
+    masks_dir = Path(masks_dir)
+    # Work in progress, in a folder of this shard's that a killed run leaves and the next one removes.
+    partial = masks_dir.parent / f".{masks_dir.name}.{shard}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     colours = palette(len(classes))
     rows = []
     for image in tqdm(images, desc=f"masks {shard + 1}/{num_shards}", unit="img", mininterval=1):
         mask = render_mask(by_image[image["id"]], labels, image["height"], image["width"], crowd)
-        save_mask(mask, Path(masks_dir) / f"{image['id']}.png", colours)
+        save_mask(mask, partial / f"{image['id']}.png", colours)
         rows.append([image["id"], *pixel_counts(mask, len(classes)).tolist()])
     columns = ["image_id", "pixels_background", *(f"pixels_{name}" for name in classes), "pixels_ignore"]
     frame = pd.DataFrame(rows, columns=columns)
+    _publish(partial, masks_dir)
     write_csv(frame, counts_path)
     log.info("shard %d/%d: %d masks in %s", shard + 1, num_shards, len(frame), masks_dir)
     return frame
