@@ -25,7 +25,7 @@ from cocoseg.data.split import split_rows
 from cocoseg.datasets import SegmentationDataset, collate_eval, eval_transform
 from cocoseg.device import (MEMORY_FORMAT, autocast, init_loader_worker, precision_name, resolve_precision,
                             select_device, to_channels_last, use_threads)
-from cocoseg.io import atomic_path, write_csv
+from cocoseg.io import atomic_path, publish_folder, work_folder, write_csv
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
 from cocoseg.settings import TrainSettings
@@ -149,8 +149,10 @@ def evaluate(
     manifest = pd.read_csv(manifest_path)
     colours = palette(len(classes))
 
+    predictions = work_folder(out_dir / "predictions")  # a directory() output: renamed into place at the end
+
     def keep(image_id: int, prediction: torch.Tensor, mask: torch.Tensor) -> None:
-        save_mask(prediction.to(torch.uint8).cpu().numpy(), out_dir / "predictions" / f"{image_id}.png", colours)
+        save_mask(prediction.to(torch.uint8).cpu().numpy(), predictions / f"{image_id}.png", colours)
 
     report: dict[str, Any] = {"variant": state["variant"], "seed": settings.seed, "checkpoint_epoch": state["epoch"],
                               "val_miou_at_selection": state["val_miou"], "resolution": "label mask (original)",
@@ -166,6 +168,7 @@ def evaluate(
         per_image[f"{prefix}confusion"] = result["per_image_confusion"]
         log.info("%s %s: mIoU %.4f, pixel accuracy %.4f", state["variant"], split, result["miou"],
                  result["pixel_accuracy"])
+    publish_folder(predictions, out_dir / "predictions")
     names = ["background", *classes]
     write_csv(pd.DataFrame(per_image["confusion"].sum(axis=0), index=names, columns=names)
               .rename_axis("truth").reset_index(), out_dir / "confusion.csv")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,27 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def work_folder(target: Path, tag: str = "") -> Path:
+    """A fresh folder beside ``target`` for work in progress (one that a killed run left is removed first)."""
+    partial = target.parent / f".{target.name}{tag}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def publish_folder(partial: Path, target: Path) -> None:
+    """The finished work folder made visible at once: renamed into place where ``target`` is missing or empty
+    (so a Snakemake ``directory()`` output never exists unfinished), else each file moved into it."""
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    if not target.exists():
+        os.replace(partial, target)
+        return
+    for path in partial.iterdir():
+        os.replace(path, target / path.name)
+    partial.rmdir()
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from cocoseg.coco import CROWD_POLICIES, IGNORE_LABEL, segmentation_rle
-from cocoseg.io import atomic_path, write_csv
+from cocoseg.io import atomic_path, publish_folder, work_folder, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +81,6 @@ def pixel_counts(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return np.append(counts[: num_classes + 1], counts[IGNORE_LABEL])
 
 
-def _publish(partial: Path, masks_dir: Path) -> None:
-    """The shard's masks made visible at once: its folder renamed into place when the shard has one of its
-    own (a Snakemake ``directory()`` output then never exists unfinished, so a power loss leaves nothing
-    incomplete behind), else each file moved into the shared folder."""
-    if masks_dir.is_dir() and not any(masks_dir.iterdir()):
-        masks_dir.rmdir()
-    if not masks_dir.exists():
-        os.replace(partial, masks_dir)
-        return
-    for path in partial.iterdir():
-        os.replace(path, masks_dir / path.name)
-    partial.rmdir()
-
-
 def build_masks(
     instances_path: str | Path,
     masks_dir: str | Path,
@@ -115,10 +99,9 @@ def build_masks(
         by_image[ann["image_id"]].append(ann)
     images = sorted(instances["images"], key=lambda image: image["id"])[shard::num_shards]
     masks_dir = Path(masks_dir)
-    # Work in progress, in a folder of this shard's that a killed run leaves and the next one removes.
-    partial = masks_dir.parent / f".{masks_dir.name}.{shard}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    # Work in progress in a folder of this shard's, renamed into place when complete: a Snakemake
+    # directory() output then never exists unfinished, and a power loss leaves nothing incomplete.
+    partial = work_folder(masks_dir, f".{shard}")
     colours = palette(len(classes))
     rows = []
     for image in tqdm(images, desc=f"masks {shard + 1}/{num_shards}", unit="img", mininterval=1):
@@ -127,7 +110,7 @@ def build_masks(
         rows.append([image["id"], *pixel_counts(mask, len(classes)).tolist()])
     columns = ["image_id", "pixels_background", *(f"pixels_{name}" for name in classes), "pixels_ignore"]
     frame = pd.DataFrame(rows, columns=columns)
-    _publish(partial, masks_dir)
+    publish_folder(partial, masks_dir)
     write_csv(frame, counts_path)
     log.info("shard %d/%d: %d masks in %s", shard + 1, num_shards, len(frame), masks_dir)
     return frame
