@@ -153,6 +153,7 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_
     _, stderr = job.communicate(timeout=120)
     assert job.returncode == 143, stderr[-3000:]
     assert (tmp_path / "resumed" / "checkpoints" / "last.pt").exists()
+    assert_group_ended(job.pid)
     for out in ("resumed", "straight"):
         rerun = start(tmp_path / out, "fast")
         _, stderr = rerun.communicate(timeout=300)
@@ -160,6 +161,62 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_
     a = pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
     b = pd.read_csv(tmp_path / "resumed" / "metrics.csv").drop(columns=list(TIMING_COLUMNS))
     pd.testing.assert_frame_equal(a, b)
+
+
+def assert_group_ended(group: int) -> None:
+    """No process of the job's group (DataLoader workers, ranks) outlives it."""
+    import time
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes of group {group} outlived the job")
+
+
+DISTRIBUTED_DRIVER = """
+import sys
+from pathlib import Path
+from cocoseg.train import TrainSettings, train_distributed
+
+if __name__ == "__main__":
+    run_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+    settings = TrainSettings(backbone="mobilenet_v3_large", loss="cross_entropy", sampling="uniform", image_size=48,
+                             epochs=int(sys.argv[3]), batch_size=4, lr=1e-3, bn_momentum=0.1, num_workers=0,
+                             wandb_mode="disabled", eval_batch_size=4, precision="fp32")
+    train_distributed(2, run_dir / "data" / "manifest.csv", run_dir, out, sys.argv[4].split(","), settings,
+                      variant="v", threads=2)
+"""
+
+
+def test_sigterm_to_a_two_rank_job_saves_and_exits_143(run_dir, tmp_path):
+    """Slurm's SIGTERM reaches the launcher and both ranks (gloo standing in for NCCL): they stop together."""
+    import subprocess
+    import sys
+    import time
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(DISTRIBUTED_DRIVER)
+    epochs = 8
+    job = subprocess.Popen([sys.executable, str(driver), str(run_dir), str(tmp_path), str(epochs), ",".join(CLASSES)],
+                           start_new_session=True, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 180
+    while not last.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr[-3000:]
+    assert 1 <= load_checkpoint(last)["epoch"] < epochs
+    assert not (tmp_path / "training.json").exists()
+    assert_group_ended(job.pid)
+    rerun = subprocess.run([sys.executable, str(driver), str(run_dir), str(tmp_path), str(epochs), ",".join(CLASSES)],
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == epochs
 
 
 def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import signal
 import socket
@@ -23,6 +24,8 @@ import torch
 import torch.distributed as dist
 
 from cocoseg.logs import configure as configure_logging
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,17 +142,25 @@ def _lock_free_slots(files: list[Path], count: int) -> list[tuple[int, Any]] | N
 
 @contextlib.contextmanager
 def claimed_gpus(count: int, total: int | None = None, lock_dir: str | Path | None = None,
-                 timeout: float = 600.0) -> Iterator[list[int]]:
+                 timeout: float | None = None) -> Iterator[list[int]]:
     """This job's own GPUs, named in ``CUDA_VISIBLE_DEVICES`` while it runs.
 
     Snakemake's local executor counts the ``gpu`` resource but assigns no device, so every job
     would see every GPU and train on ``cuda:0``. Each job locks ``count`` free slots, one file per
     GPU in ``lock_dir`` (default ``$TMPDIR/cocoseg-gpus-<uid>``), until it ends; the kernel drops
     the locks of a process that dies. Where a scheduler has set ``CUDA_VISIBLE_DEVICES`` already
-    (Slurm), or the machine has no GPU, nothing changes and the list is empty.
+    (Slurm), or the machine has no GPU, nothing changes and the list is empty. A job that finds no
+    free GPU waits for one (``timeout`` seconds at most, default without end): without
+    ``--resources gpu=N`` Snakemake starts more GPU jobs than there are GPUs, and they take turns.
     """
     total = machine_gpus() if total is None else total
-    if count < 1 or total == 0 or "CUDA_VISIBLE_DEVICES" in os.environ:
+    if count < 1 or total == 0:
+        yield []
+        return
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        if "SLURM_JOB_ID" not in os.environ:
+            log.warning("CUDA_VISIBLE_DEVICES=%s is set: this job uses those GPUs and claims none",
+                        os.environ["CUDA_VISIBLE_DEVICES"])
         yield []
         return
     if count > total:
@@ -157,11 +168,14 @@ def claimed_gpus(count: int, total: int | None = None, lock_dir: str | Path | No
     folder = Path(lock_dir or Path(tempfile.gettempdir()) / f"cocoseg-gpus-{os.getuid()}")
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"gpu{index}.lock" for index in range(total)]
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     while (held := _lock_free_slots(files, count)) is None:
-        if time.monotonic() > deadline:
+        if timeout is not None and time.monotonic() - started > timeout:
             raise TimeoutError(f"no {count} free GPU(s) of {total} after {timeout:.0f} s: other jobs hold the locks "
                                f"in {folder}; run with --resources gpu={total} so that Snakemake does not start more")
+        if time.monotonic() - started < 1.5:
+            log.info("waiting for %d free GPU(s) of %d (locks in %s); --resources gpu=%d keeps Snakemake from "
+                     "starting more GPU jobs than there are GPUs", count, total, folder, total)
         time.sleep(1.0)
     slots = [index for index, _ in held]
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slots))
