@@ -219,6 +219,38 @@ def test_sigterm_to_a_two_rank_job_saves_and_exits_143(run_dir, tmp_path):
     assert len(pd.read_csv(tmp_path / "metrics.csv")) == epochs
 
 
+def test_sigterm_while_setting_up_still_saves_and_exits_143(run_dir, tmp_path, monkeypatch):
+    """A pre-emption while the cache or model is being built: seen at the first step, not a death by signal."""
+    set_up = train_module.set_up
+
+    def set_up_then_sigterm(*args, **kwargs):
+        training = set_up(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return training
+
+    monkeypatch.setattr(train_module, "set_up", set_up_then_sigterm)
+    with pytest.raises(TrainingInterrupted):
+        run_training(run_dir, tmp_path, settings=settings(epochs=1))
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (0, 0)
+    monkeypatch.setattr(train_module, "set_up", set_up)
+    assert run_training(run_dir, tmp_path, settings=settings(epochs=1))["epochs"] == 1
+
+
+def test_select_device_maps_local_ranks_onto_the_claimed_gpus(monkeypatch):
+    """With CUDA_VISIBLE_DEVICES naming the job's claimed GPUs, rank r of the job trains on the r-th of them."""
+    from cocoseg.device import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # what CUDA reports under CUDA_VISIBLE_DEVICES=2,3
+    for rank in (0, 1):
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert select_device("auto") == torch.device("cuda", rank)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert select_device("auto", rank=1) == torch.device("cuda", 1)
+    assert select_device("cpu") == torch.device("cpu")
+
+
 def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):
     summary = run_training(run_dir, tmp_path, settings=settings(epochs=1, loss="weighted_cross_entropy"))
     last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")

@@ -467,11 +467,11 @@ def _wrapped_model(training: Training) -> torch.nn.Module:
     return model
 
 
-def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[int], None] | None) -> None:
-    """Epochs from where ``state`` stands to the last; SIGTERM saves last.pt and raises ``TrainingInterrupted``."""
+def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[int], None] | None,
+               stop: StopRequest) -> None:
+    """Epochs from where ``state`` stands to the last; a ``stop`` request saves last.pt and raises
+    ``TrainingInterrupted``."""
     model = _wrapped_model(training)
-    stop = StopRequest()
-    previous_handler = signal.signal(signal.SIGTERM, stop)
     wandb_run = (_start_wandb(training.settings, training.run_name, training.variant, training.out_dir)
                  if training.ranks.main else None)
     try:
@@ -494,7 +494,6 @@ def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[in
             if on_epoch_end is not None:
                 on_epoch_end(state.epoch - 1)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
         if wandb_run is not None:
             wandb_run.finish()
 
@@ -541,10 +540,18 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     use_threads(process_threads(threads))
     cache = Path(cache_dir) if cache_dir else run_dir / "cache" / f"{settings.image_size}px"
-    training = set_up(Path(manifest_path), run_dir, out_dir, classes, settings, variant, run_name, threads, cache)
-    state = TrainState()
-    resume(training, state)
-    run_epochs(training, state, on_epoch_end)
+    # Listening from the start: a SIGTERM while the cache or the model is being set up is seen at the
+    # first step (a rank that died of it would end the job with -15 instead of 143).
+    stop = StopRequest()
+    previous_handler = signal.signal(signal.SIGTERM, stop)
+    try:
+        training = set_up(Path(manifest_path), run_dir, out_dir, classes, settings, variant, run_name, threads,
+                          cache)
+        state = TrainState()
+        resume(training, state)
+        run_epochs(training, state, on_epoch_end, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     _check_ranks_agree(training)
     return finish(training, state) if training.ranks.main else {}
 
