@@ -71,7 +71,8 @@ def main() -> None:
     result = {"configurations": args.configurations, "seeds": args.seeds, "images": args.images,
               "classes": args.classes, "resamples": args.resamples, "vectorised_s": fast, "loop_s": slow,
               "ratio": slow / fast, "max_abs_difference": worst}
-    print(f"{args.configurations} configurations x {args.seeds} seeds, {args.images} images, {args.resamples} resamples:"
+    print(f"{args.configurations} configurations x {args.seeds} seeds, {args.images} images, "
+          f"{args.resamples} resamples:"
           f" vectorised {fast:.2f} s, per-replicate loop {slow:.1f} s: {slow / fast:.0f}x;"
           f" largest difference {worst:.1e}")
     if args.json:

@@ -12,7 +12,7 @@ import torch
 from cocoseg.augment import augment_batch, warp_batch
 from cocoseg.metrics import ConfusionMatrix
 from test_augment import as_batch, scenes
-from test_train import run_training, settings, weights
+from test_train import run_training, settings, sigterm_after, weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -59,20 +59,11 @@ def test_training_on_the_gpu_keeps_the_split_there_and_repeats(run_dir, tmp_path
 
 def test_training_interrupted_on_the_gpu_resumes(run_dir, tmp_path, monkeypatch):
     """A SIGTERM on CUDA saves last.pt; the retry loads it (RNG states on the CPU) and finishes."""
-    import os
-    import signal
-
     import cocoseg.train as train_module
     from cocoseg.train import TrainingInterrupted, load_checkpoint
 
     step = train_module.train_step
-
-    def step_then_sigterm(*args, **kwargs):
-        loss = step(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return loss
-
-    monkeypatch.setattr(train_module, "train_step", step_then_sigterm)
+    monkeypatch.setattr(train_module, "train_step", sigterm_after(step))
     with pytest.raises(TrainingInterrupted):
         run_training(run_dir, tmp_path, settings=settings(device="cuda", epochs=2))
     monkeypatch.setattr(train_module, "train_step", step)

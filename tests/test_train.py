@@ -30,6 +30,17 @@ def run_training(run_dir, out, **kwargs):
                  variant="v", threads=2, **kwargs)
 
 
+def sigterm_after(function):
+    """``function`` that, once it has returned, sends this process SIGTERM (a scheduler's pre-emption)."""
+
+    def call_then_sigterm(*args, **kwargs):
+        result = function(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    return call_then_sigterm
+
+
 def weights(path):
     return load_checkpoint(path)["model"]
 
@@ -222,13 +233,7 @@ def test_sigterm_to_a_two_rank_job_saves_and_exits_143(run_dir, tmp_path):
 def test_sigterm_while_setting_up_still_saves_and_exits_143(run_dir, tmp_path, monkeypatch):
     """A pre-emption while the cache or model is being built: seen at the first step, not a death by signal."""
     set_up = train_module.set_up
-
-    def set_up_then_sigterm(*args, **kwargs):
-        training = set_up(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return training
-
-    monkeypatch.setattr(train_module, "set_up", set_up_then_sigterm)
+    monkeypatch.setattr(train_module, "set_up", sigterm_after(set_up))
     with pytest.raises(TrainingInterrupted):
         run_training(run_dir, tmp_path, settings=settings(epochs=1))
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")

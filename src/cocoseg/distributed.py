@@ -169,14 +169,16 @@ def claimed_gpus(count: int, total: int | None = None, lock_dir: str | Path | No
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"gpu{index}.lock" for index in range(total)]
     started = time.monotonic()
-    while (held := _lock_free_slots(files, count)) is None:
+    held = _lock_free_slots(files, count)
+    if held is None:
+        log.info("waiting for %d free GPU(s) of %d (locks in %s); --resources gpu=%d keeps Snakemake from "
+                 "starting more GPU jobs than there are GPUs", count, total, folder, total)
+    while held is None:
         if timeout is not None and time.monotonic() - started > timeout:
             raise TimeoutError(f"no {count} free GPU(s) of {total} after {timeout:.0f} s: other jobs hold the locks "
                                f"in {folder}; run with --resources gpu={total} so that Snakemake does not start more")
-        if time.monotonic() - started < 1.5:
-            log.info("waiting for %d free GPU(s) of %d (locks in %s); --resources gpu=%d keeps Snakemake from "
-                     "starting more GPU jobs than there are GPUs", count, total, folder, total)
         time.sleep(1.0)
+        held = _lock_free_slots(files, count)
     slots = [index for index, _ in held]
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, slots))
     try:

@@ -36,7 +36,8 @@ def summary_tables(metrics_paths: list[str | Path], training_paths: list[str | P
         test = metrics["test"]
         rows.append({
             "variant": variant, "seed": metrics["seed"], "backbone": backbone, "loss": loss, "sampling": sampling,
-            "val_miou": metrics["val"]["miou"], "test_miou": test["miou"], "test_miou_objects": test["miou_objects"], "test_mean_dice": test["mean_dice"],
+            "val_miou": metrics["val"]["miou"], "test_miou": test["miou"], "test_miou_objects": test["miou_objects"],
+            "test_mean_dice": test["mean_dice"],
             "test_pixel_accuracy": test["pixel_accuracy"], "test_mean_class_accuracy": test["mean_class_accuracy"],
             "test_fw_iou": test["fw_iou"], "best_epoch": training["best_epoch"], "epochs": training["epochs"],
             "budget": training["budget"], "steps": training["steps"], "images": training["images"],
@@ -44,7 +45,8 @@ def summary_tables(metrics_paths: list[str | Path], training_paths: list[str | P
             "images_per_s": training["images_per_s"], "device": training["device"],
             "precision": training["precision"], "memory_format": training["memory_format"],
         })
-        per_class.append({"variant": variant, "seed": metrics["seed"], **{name: test["iou"][name] for name in ("background", *classes)},
+        per_class.append({"variant": variant, "seed": metrics["seed"],
+                          **{name: test["iou"][name] for name in ("background", *classes)},
                           "mIoU": test["miou"]})
     return pd.DataFrame(rows), pd.DataFrame(per_class)
 

@@ -45,7 +45,8 @@ def settings_for(config: dict[str, Any], variant: str, seed: int | None = None) 
     model = config["model"]
     return TrainSettings(
         backbone=backbone, loss=loss, sampling=sampling,
-        image_size=train["image_size"], epochs=train["epochs"], budget=train["budget"], batch_size=train["batch_size"], lr=train["lr"],
+        image_size=train["image_size"], epochs=train["epochs"], budget=train["budget"],
+        batch_size=train["batch_size"], lr=train["lr"],
         base_batch_size=train["base_batch_size"], lr_scaling=train["lr_scaling"],
         data_on_device=train["data_on_device"], compile=train["compile"], precision=train["precision"],
         weight_decay=train["weight_decay"], scheduler=train["scheduler"], warmup_epochs=train["warmup_epochs"],
