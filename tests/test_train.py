@@ -12,6 +12,7 @@ import torch
 import cocoseg.train as train_module
 from cocoseg.device import cpu_has_native_bf16
 from cocoseg.evaluate import evaluate
+from cocoseg.io import link_or_copy
 from cocoseg.predict import predict
 from cocoseg.models import build_model
 from cocoseg.train import TIMING_COLUMNS, TrainingInterrupted, TrainSettings, load_checkpoint, train, train_distributed
@@ -264,6 +265,7 @@ def test_checkpoints_hold_the_whole_state(run_dir, tmp_path):
     assert summary["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # train.precision: auto
     assert summary["memory_format"] == "channels_last"
     assert json.loads((tmp_path / "training.json").read_text())["precision"] == summary["precision"]
+    assert (tmp_path / "best.pt").samefile(tmp_path / "checkpoints" / "best.pt")  # one copy on disk, not two
     weights_table = pd.read_csv(tmp_path / "class_weights.csv")
     assert list(weights_table["class"]) == ["background", *CLASSES]
     assert weights_table["weight"].iloc[0] < weights_table["weight"].iloc[1:].min()  # background is the most frequent
@@ -406,3 +408,17 @@ def test_two_processes_match_one_within_the_stated_tolerance(run_dir, tmp_path):
     moved = sum(float((wa[n] - start[n]).norm() ** 2) for n in floats) ** 0.5
     assert distance / size < 0.12
     assert distance < 0.5 * moved  # training moved the weights further than the two runs differ
+
+
+def test_best_pt_is_copied_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    source = tmp_path / "checkpoints" / "best.pt"
+    source.parent.mkdir()
+    source.write_bytes(b"weights")
+
+    def no_links(*_):
+        raise PermissionError("hard links are not supported here")
+
+    monkeypatch.setattr("os.link", no_links)
+    link_or_copy(source, tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == b"weights" and not (tmp_path / "best.pt").samefile(source)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt", "checkpoints"]  # no temp file left

@@ -53,6 +53,17 @@ def publish_folder(partial: Path, target: Path) -> None:
     partial.rmdir()
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (no second copy of a large checkpoint on disk), or a copy where
+    the filesystem has no hard links; atomic either way. Later atomic rewrites of ``source`` leave it alone."""
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -44,7 +43,7 @@ from cocoseg.checkpoint import TrainState, load_checkpoint, rng_state, save_chec
 from cocoseg.data.split import split_rows
 from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, select_device,
                             to_channels_last, use_threads)
-from cocoseg.io import atomic_path, write_csv
+from cocoseg.io import atomic_path, link_or_copy, write_csv
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
@@ -499,7 +498,7 @@ def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[in
 
 
 def finish(training: Training, state: TrainState) -> dict[str, Any]:
-    """training.json, the final metrics.csv, and best.pt copied out of checkpoints/."""
+    """training.json, the final metrics.csv, and best.pt published from checkpoints/ (a hard link)."""
     settings, frame = training.settings, pd.DataFrame(state.history)
     summary = {"variant": training.variant, "best_epoch": state.best["epoch"], "best_val_miou": state.best["miou"],
                "seed": settings.seed, "epochs": settings.epochs, "budget": settings.budget,
@@ -514,8 +513,7 @@ def finish(training: Training, state: TrainState) -> dict[str, Any]:
     with atomic_path(training.out_dir / "training.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     write_csv(frame, training.out_dir / "metrics.csv")
-    with atomic_path(training.out_dir / "best.pt") as tmp:
-        shutil.copyfile(training.best_path, tmp)
+    link_or_copy(training.best_path, training.out_dir / "best.pt")
     return summary
 
 
