@@ -3,6 +3,8 @@ import zipfile
 import pandas as pd
 import pytest
 
+import cocoseg.data.extract
+from cocoseg.categories import COCO_CATEGORY_NAMES, class_set_name
 from cocoseg.coco import load_index
 from cocoseg.data.extract import ArchiveError, UnsafeArchiveError, extract_images, extract_member
 from conftest import CLASSES
@@ -76,3 +78,33 @@ def test_images_missing_from_the_archive_are_listed(synthetic, tmp_path):
     listing = extract_images(partial, synthetic.annotations, CLASSES, tmp_path / "img", tmp_path / "x.csv")
     assert listing.loc[listing["status"] == "missing", "file_name"].tolist() == [absent]
     assert len(listing) - 1 == len(list((tmp_path / "img").iterdir()))
+
+
+def test_a_killed_extraction_leaves_no_destination_and_goes_on_where_it_stopped(synthetic, tmp_path, monkeypatch):
+    copy_member, copied = cocoseg.data.extract._copy_member, []
+
+    def killed_after_three(*args):
+        if len(copied) == 3:
+            raise KeyboardInterrupt  # stands in for the job being killed
+        copy_member(*args)
+        copied.append(args[2])
+
+    monkeypatch.setattr(cocoseg.data.extract, "_copy_member", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        extract_images(synthetic.images_zip, synthetic.annotations, CLASSES, tmp_path / "img", tmp_path / "x.csv")
+    assert not (tmp_path / "img").exists() and not (tmp_path / "x.csv").exists()
+    assert sorted(p.name for p in (tmp_path / ".img.partial").iterdir()) == sorted(p.name for p in copied)
+    monkeypatch.setattr(cocoseg.data.extract, "_copy_member", copy_member)
+    listing = extract_images(synthetic.images_zip, synthetic.annotations, CLASSES, tmp_path / "img", tmp_path / "x.csv")
+    assert set(listing.loc[listing["status"] == "present", "file_name"]) == {p.name for p in copied}
+    assert (listing["status"] == "extracted").sum() == len(listing) - 3
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == sorted(listing["file_name"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "x.csv"]  # the work folder is gone
+
+
+def test_class_set_names_ignore_order_and_stay_short():
+    assert class_set_name(["person", "traffic light", "car"]) == class_set_name(["car", "person", "traffic light"])
+    assert class_set_name(["person", "traffic light", "car"]) == "car+person+traffic_light"
+    everything = class_set_name(COCO_CATEGORY_NAMES)
+    assert everything.startswith("80-classes-") and len(everything) < 40
+    assert everything != class_set_name(COCO_CATEGORY_NAMES[:-1])

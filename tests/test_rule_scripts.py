@@ -57,18 +57,19 @@ def test_extract_annotations(synthetic, tmp_path):
 
 def test_extract_images(synthetic, tmp_path):
     run_rule_script("extract_images", input={"archive": synthetic.images_zip, "annotations": synthetic.annotations},
-                    output={"listing": tmp_path / "extracted.csv"},
-                    params={"classes": CLASSES, "dest": tmp_path / "images"}, log=tmp_path / "x.log", threads=2)
+                    output={"images": tmp_path / "images", "listing": tmp_path / "extracted.csv"},
+                    params={"classes": CLASSES}, log=tmp_path / "x.log", threads=2)
     listing = pd.read_csv(tmp_path / "extracted.csv")
     assert len(listing) == len(list((tmp_path / "images").iterdir())) > 0
 
 
 def test_select(synthetic, tmp_path):
     out = tmp_path / "data"
-    run_rule_script("select", input={"annotations": synthetic.annotations, "extracted": []},
+    run_rule_script("select", input={"annotations": synthetic.annotations, "images": synthetic.images_dir,
+                                     "extracted": []},
                     output={"selected": out / "selected.csv", "rejected": out / "rejected.csv",
                             "instances": out / "instances.json"},
-                    params={"images_dir": synthetic.images_dir, "classes": CLASSES, "max_images": 30, "seed": 0,
+                    params={"classes": CLASSES, "max_images": 30, "seed": 0,
                             "crowd": "ignore"}, log=tmp_path / "select.log", threads=2)
     assert len(pd.read_csv(out / "selected.csv")) == 30
     assert pd.read_csv(out / "rejected.csv").empty

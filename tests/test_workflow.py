@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from cocoseg.categories import class_set_name
 from cocoseg.data.split import stratified_split
 from conftest import CLASSES, REPO, without_training_stack
 
@@ -103,7 +104,7 @@ def test_data_run_meets_the_contract(data_run):
     required = ["image_id", "file_name", "width", "height", "split", "mask_path"]
     assert set(required + [f"pixels_{c}" for c in CLASSES]) <= set(manifest.columns)
     assert manifest["split"].value_counts().to_dict() == {"train": 64, "val": 8, "test": 8}
-    images_dir = data_run / "resources" / "synthetic-tiny" / "images"
+    images_dir = data_run / "resources" / "synthetic-tiny" / "images" / class_set_name(CLASSES)
     present = pd.DataFrame(False, index=manifest.index, columns=CLASSES)
     for row in manifest.itertuples():
         with Image.open(run / row.mask_path) as mask_image:
@@ -134,12 +135,33 @@ def test_rerun_has_nothing_to_do(data_run):
     assert "Nothing to be done" in out
 
 
+def test_extracted_images_are_tracked_and_shared_by_runs_of_the_same_classes(data_run, tmp_path):
+    config = yaml.safe_load((data_run / "tiny.yaml").read_text())
+    # Snakemake can clean up (so it tracks) every file the data stage wrote: images and masks included.
+    dry_clean = snakemake("data", "--delete-all-output", "--dry-run", "--directory", str(data_run), "--configfile",
+                          str(data_run / "tiny.yaml"))
+    declared = {Path(line.removeprefix("Would delete ")) for line in dry_clean.stdout.splitlines()
+                if line.startswith("Would delete ")}
+    written = [path.relative_to(data_run) for folder in ("resources", "results/tiny/data")
+               for path in (data_run / folder).rglob("*") if path.is_file()]
+    assert written and all(declared & {path, *path.parents} for path in written), set(written) - declared
+    plans = {}
+    for run, classes in {"tiny-same": CLASSES[::-1], "tiny-fewer": ["car", "person"]}.items():
+        (tmp_path / f"{run}.yaml").write_text(yaml.safe_dump({**config, "run": run,
+                                                              "dataset": {**config["dataset"], "classes": classes}}))
+        plans[run] = snakemake("data", "-n", "--directory", str(data_run), "--configfile",
+                               str(tmp_path / f"{run}.yaml")).stdout
+    assert "extract_images" not in plans["tiny-same"]  # the same classes in another order: the same folder
+    assert "Missing output files: resources/synthetic-tiny/images/car+person" in plans["tiny-fewer"]
+
+
 def test_local_source_gives_the_synthetic_routes_manifest(data_run):
     """``dataset.source: local`` on the files the synthetic route downloaded and extracted: the same data stage."""
     config = yaml.safe_load((data_run / "tiny.yaml").read_text())
     resources = data_run / "resources" / config["dataset"]["name"]
     config["run"] = "tiny-local"
-    config["dataset"].update(source="local", name="local-tiny", images_dir=str(resources / "images"),
+    images = resources / "images" / class_set_name(CLASSES)
+    config["dataset"].update(source="local", name="local-tiny", images_dir=str(images),
                              annotations=str(resources / "annotations" / "instances.json"))
     (data_run / "local.yaml").write_text(yaml.safe_dump(config))
     out = snakemake("data", "--cores", "2", "--directory", str(data_run), "--configfile", str(data_run / "local.yaml"))

@@ -6,6 +6,7 @@ Apart from ``cocoseg.coco`` so that validating a config (and parsing the Snakefi
 from __future__ import annotations
 
 import difflib
+import hashlib
 
 # The 80 COCO 2014/2017 instance categories: (id, name, supercategory).
 COCO_CATEGORIES: list[tuple[int, str, str]] = [
@@ -53,3 +54,13 @@ def check_class_names(classes: list[str], known: list[str], where: str) -> None:
                 f"dataset.classes: {name!r} is not a category of {where}.{hint} "
                 f"Known categories: {', '.join(known)}."
             )
+
+
+def class_set_name(classes: list[str]) -> str:
+    """A folder name for a set of classes, whatever their order: the sorted names (``airplane+car+person``), or
+    for a set too long for that, its size and a hash. Runs with the same classes share their extracted images."""
+    names = sorted(name.replace(" ", "_") for name in classes)
+    joined = "+".join(names)
+    if len(joined) <= 100:
+        return joined
+    return f"{len(names)}-classes-{hashlib.sha256(joined.encode()).hexdigest()[:12]}"

@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 # src/cocoseg: Snakemake puts a script's folder on its sys.path, in the venv and in conda envs alike.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from cocoseg.categories import class_set_name
 from cocoseg.config import ConfigError, validate_config
 from cocoseg.provenance import git_commit
 from cocoseg.variants import expand_variants, grid_seeds, settings_for, tracked_settings
@@ -46,14 +47,18 @@ def annotations_json():
     return f"{RES}/annotations/instances.json"
 
 
+# Extracted images, one folder per class set: runs with the same classes share it, and it is a declared output.
+EXTRACTED = f"{RES}/images/{class_set_name(CLASSES)}"
+
+
 def images_dir():
     if SOURCE == "local":
         return config["dataset"]["images_dir"]
-    return f"{RES}/images"
+    return EXTRACTED
 
 
 def extracted_listing():
-    return [] if SOURCE == "local" else f"{RUN}/data/extracted.csv"
+    return [] if SOURCE == "local" else f"{EXTRACTED}.csv"
 
 
 MASK_SHARDS = list(range(config["masks"]["shards"]))

@@ -63,10 +63,10 @@ rule extract_images:
         archive=f"{RES}/archives/images.zip",
         annotations=rules.extract_annotations.output[0],
     output:
-        listing=f"{RUN}/data/extracted.csv",
+        images=directory(EXTRACTED),
+        listing=f"{EXTRACTED}.csv",
     params:
-        classes=CLASSES,
-        dest=images_dir(),
+        classes=sorted(CLASSES),  # the candidates, like the folder, do not depend on the classes' order
     threads: 2
     log:
         f"{RUN}/logs/extract_images.log",
@@ -81,13 +81,13 @@ rule extract_images:
 rule select:
     input:
         annotations=annotations_json(),
+        images=images_dir(),
         extracted=extracted_listing(),
     output:
         selected=f"{RUN}/data/selected.csv",
         rejected=f"{RUN}/data/rejected.csv",
         instances=f"{RUN}/data/instances.json",
     params:
-        images_dir=images_dir(),
         classes=CLASSES,
         max_images=lookup(dpath="dataset/max_images", within=config),
         seed=lookup(dpath="dataset/seed", within=config),

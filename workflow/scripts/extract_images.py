@@ -3,4 +3,4 @@ from cocoseg.logs import logged
 
 with logged(snakemake.log[0]):
     extract_images(snakemake.input.archive, snakemake.input.annotations, snakemake.params.classes,
-                   snakemake.params.dest, snakemake.output.listing, snakemake.threads)
+                   snakemake.output.images, snakemake.output.listing, snakemake.threads)

@@ -3,7 +3,8 @@
 An archive with any absolute or parent-escaping member name is refused whole (zip-slip).
 Every member read is checked against its CRC-32 by ``zipfile``; files are written to a
 temporary name and renamed, so an existing file of the right size is complete and is
-not extracted again.
+not extracted again. Images are extracted into a work folder beside the destination (kept
+when the job is killed, so a rerun goes on from it) and moved into place when all are there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cocoseg.coco import load_index
-from cocoseg.io import atomic_path, write_csv
+from cocoseg.io import atomic_path, publish_folder, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ def _members_by_file_name(archive: zipfile.ZipFile, path: Path) -> dict[str, zip
     return members
 
 
+def _complete(path: Path, info: zipfile.ZipInfo) -> bool:
+    return path.exists() and path.stat().st_size == info.file_size
+
+
 def extract_images(
     archive_path: str | Path,
     annotations_path: str | Path,
@@ -95,12 +100,13 @@ def extract_images(
     listing_path: str | Path,
     threads: int = 1,
 ) -> pd.DataFrame:
-    """Extract the images that are candidates for ``classes`` and list what happened to each.
+    """Extract the images that are candidates for ``classes`` into ``dest_dir`` and list what happened to each.
 
     The listing has ``image_id, file_name, status`` with status ``extracted``, ``present``
     (already there, complete) or ``missing`` (named by the annotations, absent from the zip).
     """
     archive_path, dest_dir = Path(archive_path), Path(dest_dir)
+    partial = dest_dir.parent / f".{dest_dir.name}.partial"
     index = load_index(Path(annotations_path), classes)
     wanted = [(i, index.images[i]["file_name"]) for i in index.candidates()]
     local = threading.local()
@@ -111,22 +117,22 @@ def extract_images(
         info = members.get(file_name)
         if info is None:
             return "missing"
-        dest = dest_dir / file_name
-        if dest.exists() and dest.stat().st_size == info.file_size:
+        if any(_complete(folder / file_name, info) for folder in (dest_dir, partial)):
             return "present"
         if not hasattr(local, "archive"):  # one handle per thread: zipfile handles are not thread-safe
             local.archive = zipfile.ZipFile(archive_path)
             handles.append(local.archive)
-        _copy_member(local.archive, info, dest, archive_path)
+        _copy_member(local.archive, info, partial / file_name, archive_path)
         return "extracted"
 
     with _open_archive(archive_path) as archive:
         members = _members_by_file_name(archive, archive_path)
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    partial.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         statuses = list(tqdm(pool.map(extract, wanted), total=len(wanted), desc="extract", unit="img", mininterval=1))
     for handle in handles:
         handle.close()
+    publish_folder(partial, dest_dir)
     listing = pd.DataFrame(
         {"image_id": [i for i, _ in wanted], "file_name": [f for _, f in wanted], "status": statuses}
     )
