@@ -1,11 +1,17 @@
 """Precision and memory format: bf16 and channels_last against plain fp32 NCHW, the reference."""
 
 import copy
+import multiprocessing
+import os
+import signal
+import time
 
 import pytest
 import torch
 
-from cocoseg.device import autocast, cpu_flags, cpu_has_native_bf16, resolve_precision, to_channels_last, use_threads
+import cocoseg.device
+from cocoseg.device import (autocast, cpu_flags, cpu_has_native_bf16, init_loader_worker, resolve_precision,
+                            to_channels_last, use_threads)
 from cocoseg.losses import build_loss
 from cocoseg.models import build_model
 from cocoseg.train import process_threads, train_step
@@ -159,3 +165,23 @@ def test_bf16_train_step_loss_is_close_to_fp32():
                                                                                               lr=0.1), 0.0, CPU,
                                              precision))
     assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=0.01)
+
+
+def _stuck_loader_worker(grace_s: int) -> None:
+    cocoseg.device.WORKER_GRACE_S = grace_s
+    init_loader_worker(0)
+    time.sleep(60)  # stands in for a worker blocked where the loader's shutdown cannot reach it
+
+
+def test_a_sigtermed_loader_worker_lives_on_for_the_grace_period_then_dies():
+    worker = multiprocessing.get_context("fork").Process(target=_stuck_loader_worker, args=(3,))
+    worker.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(2)
+    os.kill(worker.pid, signal.SIGTERM)  # a second SIGTERM keeps the first one's deadline (3 s, not 5)
+    time.sleep(0.5)
+    assert worker.is_alive()  # SIGTERM is left to the main process, which saves last.pt first
+    worker.join(timeout=10)
+    assert worker.exitcode == -signal.SIGALRM and time.monotonic() - started < 4.5

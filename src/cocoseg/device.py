@@ -97,13 +97,24 @@ def use_threads(threads: int | None) -> None:
         cv2.setNumThreads(threads)
 
 
+WORKER_GRACE_S = 60  # how long a SIGTERMed loader worker lives on; Slurm's own KillWait is shorter
+
+
 def init_loader_worker(_: int) -> None:
     """DataLoader ``worker_init_fn``: one thread per worker (torch sets its own pool so, OpenCV does not),
-    and SIGTERM left to the main process.
+    and SIGTERM left to the main process, for a while.
 
     Slurm signals every process of a job: a worker that died of it would make the main process
     raise "DataLoader worker killed" instead of saving ``last.pt`` and exiting 143. The main
-    process stops at its next step and shuts its workers down itself.
+    process stops at its next step and shuts its workers down itself. A worker stuck where that
+    shutdown cannot reach it (which multiprocessing would wait for at exit, sending only SIGTERM)
+    dies of SIGALRM ``WORKER_GRACE_S`` seconds after the first SIGTERM.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _die_after_grace)
     use_threads(1)
+
+
+def _die_after_grace(*_: object) -> None:
+    earlier = signal.alarm(WORKER_GRACE_S)
+    if earlier:  # an earlier SIGTERM set the deadline: keep it
+        signal.alarm(earlier)
