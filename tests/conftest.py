@@ -73,10 +73,11 @@ class _Named(list):
 
 def run_rule_script(name: str, *, input: dict | None = None, output: dict | None = None,
                     params: dict | None = None, wildcards: dict | None = None, log: str,
-                    threads: int = 1) -> None:
+                    threads: int = 1, resources: dict | None = None, config: dict | None = None) -> None:
     """Run workflow/scripts/<name>.py with a stand-in for the ``snakemake`` object."""
     snakemake = SimpleNamespace(
         input=_Named(**(input or {})), output=_Named(**(output or {})), params=_Named(**(params or {})),
         wildcards=_Named(**(wildcards or {})), log=_Named(log=log), threads=threads,
+        resources=_Named(**(resources or {})), config=config or {},
     )
     runpy.run_path(str(REPO / "workflow" / "scripts" / f"{name}.py"), init_globals={"snakemake": snakemake})

@@ -2,10 +2,17 @@
 
 import multiprocessing
 import os
+import tempfile
 
 import pytest
+import yaml
 
+import cocoseg.distributed
+import cocoseg.train
+from cocoseg.config import validate_config
 from cocoseg.distributed import claimed_gpus
+from cocoseg.variants import tracked_settings
+from conftest import CLASSES, REPO, run_rule_script
 
 
 def hold_slots(count, total, lock_dir, report, release):
@@ -51,3 +58,38 @@ def test_a_scheduler_assignment_or_no_gpu_is_left_alone(tmp_path, monkeypatch, n
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
         with claimed_gpus(2, 1, tmp_path):
             pass
+
+
+@pytest.mark.parametrize("gpus, held, expected", [(1, [0], "1"), (2, [0, 1], "2,3")])
+def test_the_train_rule_script_trains_on_the_gpus_it_claimed(tmp_path, monkeypatch, no_visible_devices,
+                                                              gpus, held, expected):
+    """The train rule's own script on a stand-in four-GPU machine, where another job holds ``held``."""
+    monkeypatch.setattr(cocoseg.distributed, "machine_gpus", lambda: 4)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # claimed_gpus keeps its lock files in $TMPDIR
+    seen = {}
+
+    def record(name):
+        return lambda *args, **kwargs: seen.update(entry=name, visible=os.environ["CUDA_VISIBLE_DEVICES"], args=args)
+
+    monkeypatch.setattr(cocoseg.train, "train", record("train"))
+    monkeypatch.setattr(cocoseg.train, "train_distributed", record("train_distributed"))
+    other_job = multiprocessing.get_context("spawn")
+    report, release = other_job.Queue(), other_job.Event()
+    holder = other_job.Process(target=hold_slots, args=(len(held), 4, tmp_path / f"cocoseg-gpus-{os.getuid()}",
+                                                        report, release))
+    holder.start()
+    try:
+        assert report.get(timeout=60)[0] == held
+        config = validate_config(yaml.safe_load((REPO / "config" / "demo.yaml").read_text()))
+        variant = "mobilenet_v3_large-cross_entropy-uniform"
+        run_rule_script("train", input={"manifest": tmp_path / "data" / "manifest.csv",
+                                        "cache": tmp_path / "cache" / "cache.json"},
+                        output={"model": tmp_path / "model" / "best.pt"},
+                        params={"settings": tracked_settings(config, variant, 0), "classes": CLASSES, "run_name": "r"},
+                        wildcards={"variant": variant, "seed": "0"}, log=str(tmp_path / "train.log"),
+                        resources={"gpu": gpus}, config=config)
+    finally:
+        release.set()
+        holder.join(60)
+    assert seen["entry"] == ("train" if gpus == 1 else "train_distributed") and seen["visible"] == expected
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # given back when the job ends
