@@ -80,4 +80,4 @@ def test_two_gpus_with_nccl_train_one_model(run_dir, tmp_path):
     train_distributed(2, run_dir / "data" / "manifest.csv", run_dir, tmp_path, CLASSES,
                       settings(device="auto", epochs=1), variant="v", threads=2)
     summary = pd.read_json(tmp_path / "training.json", typ="series")
-    assert summary["world_size"] == 2 and summary["device"] == "cuda:0"
+    assert summary["world_size"] == 2 and summary["device"] == "cuda:0" and summary["sync_batch_norm"]

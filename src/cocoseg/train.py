@@ -506,7 +506,9 @@ def finish(training: Training, state: TrainState) -> dict[str, Any]:
                "train_seconds": float(frame["seconds"].sum()),
                "images_per_s": float(frame["images"].sum() / frame["seconds"].sum()),
                "wall_seconds": state.elapsed, "device": str(training.device),
-               "world_size": training.ranks.world_size, "precision": precision_name(training.precision),
+               "world_size": training.ranks.world_size,
+               "sync_batch_norm": any(isinstance(m, torch.nn.SyncBatchNorm) for m in training.model.modules()),
+               "precision": precision_name(training.precision),
                "memory_format": MEMORY_FORMAT,
                "data_path": "device" if isinstance(training.batches, DeviceBatches) else "DataLoader",
                "lr": scaled_lr(settings), "settings": dataclasses.asdict(settings)}
