@@ -87,7 +87,8 @@ def test_an_installed_cocoseg_validates_a_config_without_the_training_stack(tmp_
     bad = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     bad["dataset"]["crowd"] = "sometimes"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
-    result = subprocess.run([sys.executable, "-c", check, str(REPO / "config" / "demo.yaml"), str(tmp_path / "bad.yaml")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    configs = [str(REPO / "config" / "demo.yaml"), str(tmp_path / "bad.yaml")]
+    result = subprocess.run([sys.executable, "-c", check, *configs], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "dataset.crowd: 'sometimes' is not allowed" in result.stdout

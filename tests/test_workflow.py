@@ -225,7 +225,8 @@ def test_comparison_table_ranks_by_validation_with_the_reference_at_zero(full_ru
     assert table["val_miou"].is_monotonic_decreasing
     reference = table.set_index("variant").loc[config["evaluate"]["reference"]]
     assert (reference["delta_miou"], reference["delta_ci_low"], reference["delta_ci_high"]) == (0, 0, 0)
-    assert (table["test_miou_ci_low"] <= table["test_miou"]).all() and (table["test_miou"] <= table["test_miou_ci_high"]).all()
+    assert (table["test_miou_ci_low"] <= table["test_miou"]).all()
+    assert (table["test_miou"] <= table["test_miou_ci_high"]).all()
     per_class = pd.read_csv(run / "tables" / "comparison_per_class.csv")
     assert set(per_class["class"]) == {"background", *CLASSES}
     # Steps budget: every variant of a backbone took the same optimizer steps, oversampled or not.

@@ -4,7 +4,8 @@
 in manifest order, opened with memory mapping, so no JPEG is decoded during training. Images are
 resized with the same bilinear resize that evaluation applies to test images, masks with
 nearest-exact sampling (labels are never interpolated; pixel centres line up with the image's).
-``cache.json`` records the key, the image size and the manifest's sha256, with the image ids of each split: a cache with another key is refused.
+``cache.json`` records the key, the image size and the manifest's sha256, with the image ids of each
+split: a cache with another key is refused.
 """
 
 from __future__ import annotations
