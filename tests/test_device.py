@@ -1,17 +1,16 @@
 """Precision and memory format: bf16 and channels_last against plain fp32 NCHW, the reference."""
 
+import contextlib
 import copy
-import multiprocessing
 import os
 import signal
-import time
+import subprocess
+import sys
 
 import pytest
 import torch
 
-import cocoseg.device
-from cocoseg.device import (autocast, cpu_flags, cpu_has_native_bf16, init_loader_worker, resolve_precision,
-                            to_channels_last, use_threads)
+from cocoseg.device import autocast, cpu_flags, cpu_has_native_bf16, resolve_precision, to_channels_last, use_threads
 from cocoseg.losses import build_loss
 from cocoseg.models import build_model
 from cocoseg.train import process_threads, train_step
@@ -167,21 +166,74 @@ def test_bf16_train_step_loss_is_close_to_fp32():
     assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=0.01)
 
 
-def _stuck_loader_worker(grace_s: int) -> None:
-    cocoseg.device.WORKER_GRACE_S = grace_s
+STUCK_WORKER = """
+import multiprocessing, os, signal, sys, time
+import cocoseg.device
+from cocoseg.device import init_loader_worker, loader_workers
+
+def stuck_worker():
     init_loader_worker(0)
-    time.sleep(60)  # stands in for a worker blocked where the loader's shutdown cannot reach it
+    time.sleep(600)  # stands in for a worker blocked where the loader's shutdown cannot reach it
 
-
-def test_a_sigtermed_loader_worker_lives_on_for_the_grace_period_then_dies():
-    worker = multiprocessing.get_context("fork").Process(target=_stuck_loader_worker, args=(3,))
+if __name__ == "__main__":
+    cocoseg.device.WORKER_EXIT_GRACE_S = 1.0
+    loader_workers(int(sys.argv[1]))  # what the loaders call; with 0 workers it registers nothing
+    worker = multiprocessing.get_context("fork").Process(target=stuck_worker, daemon=True)
     worker.start()
+    print(worker.pid, flush=True)
+    time.sleep(1)
+    os.kill(worker.pid, signal.SIGTERM)  # Slurm's SIGTERM, or the loader's own terminate(): ignored
     time.sleep(0.5)
-    started = time.monotonic()
-    os.kill(worker.pid, signal.SIGTERM)
-    time.sleep(2)
-    os.kill(worker.pid, signal.SIGTERM)  # a second SIGTERM keeps the first one's deadline (3 s, not 5)
-    time.sleep(0.5)
-    assert worker.is_alive()  # SIGTERM is left to the main process, which saves last.pt first
-    worker.join(timeout=10)
-    assert worker.exitcode == -signal.SIGALRM and time.monotonic() - started < 4.5
+    assert worker.is_alive()
+    sys.exit(143)
+"""
+
+
+@pytest.mark.parametrize("reaped", [True, False])
+def test_a_stuck_loader_worker_cannot_hang_the_exit(tmp_path, reaped):
+    """A worker ignores SIGTERM (it is the main process's to handle), so multiprocessing's exit, which sends
+    SIGTERM and then waits without limit, would hang on a stuck one: loaders' workers are killed at exit."""
+    (tmp_path / "job.py").write_text(STUCK_WORKER)
+    job = subprocess.Popen([sys.executable, "job.py", "2" if reaped else "0"], cwd=tmp_path, stdout=subprocess.PIPE,
+                           text=True)
+    worker_pid = int(job.stdout.readline())
+    try:
+        returncode = job.wait(timeout=30 if reaped else 6)
+    except subprocess.TimeoutExpired:
+        returncode = None
+    finally:
+        job.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker_pid, signal.SIGKILL)
+    assert returncode == (143 if reaped else None)  # without the reaper: hung (the control)
+
+
+FORKED_AFTER_OPENCV = """
+import multiprocessing, sys
+import cv2, numpy as np
+from cocoseg.device import init_loader_worker, loader_workers
+
+image = np.random.rand(1500, 1500, 3).astype(np.float32)
+
+def worker():
+    init_loader_worker(0)
+    cv2.GaussianBlur(image, (9, 9), 0)  # an augmentation's OpenCV call
+
+if __name__ == "__main__":
+    cv2.setNumThreads(2)
+    cv2.GaussianBlur(image, (9, 9), 0)  # this process's OpenCV pool has run
+    loader_workers(2)
+    process = multiprocessing.get_context("fork").Process(target=worker)
+    process.start()
+    process.join(20)
+    alive = process.is_alive()
+    process.kill()
+    sys.exit(f"the worker hung (OpenCV threads: {cv2.getNumThreads()})" if alive else process.exitcode)
+"""
+
+
+def test_loader_workers_forked_after_opencv_ran_do_not_hang(tmp_path):
+    """Setting OpenCV's threads inside a forked worker hung it once the parent's pool had run."""
+    (tmp_path / "job.py").write_text(FORKED_AFTER_OPENCV)
+    result = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from cocoseg.augment import augment_batch, normalize
 from cocoseg.cache import CachedSplit
 from cocoseg.datasets import CachedTrainDataset, train_transform
-from cocoseg.device import init_loader_worker
+from cocoseg.device import loader_workers
 from cocoseg.sampling import RepeatFactorSampler
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -61,8 +61,7 @@ class LoaderBatches(_EpochBatches):
         self.dataset.epoch = epoch
         items = self.sampler.epoch_items()[start_step * self.batch_size :]
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=items, drop_last=True,
-                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            worker_init_fn=init_loader_worker,
+                            pin_memory=self.device.type == "cuda", **loader_workers(self.num_workers),
                             generator=torch.Generator())  # its own: the global RNG (dropout) is left alone
         for batch in loader:
             yield (batch["image"].to(self.device, non_blocking=True),

@@ -9,12 +9,15 @@ channels_last logits reads contiguous memory.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import multiprocessing
 import os
 import signal
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -97,24 +100,50 @@ def use_threads(threads: int | None) -> None:
         cv2.setNumThreads(threads)
 
 
-WORKER_GRACE_S = 60  # how long a SIGTERMed loader worker lives on; Slurm's own KillWait is shorter
+WORKER_EXIT_GRACE_S = 10.0  # how long a process waits at exit for loader workers before killing them
 
 
 def init_loader_worker(_: int) -> None:
-    """DataLoader ``worker_init_fn``: one thread per worker (torch sets its own pool so, OpenCV does not),
-    and SIGTERM left to the main process, for a while.
+    """DataLoader ``worker_init_fn``: SIGTERM left to the main process.
 
     Slurm signals every process of a job: a worker that died of it would make the main process
     raise "DataLoader worker killed" instead of saving ``last.pt`` and exiting 143. The main
-    process stops at its next step and shuts its workers down itself. A worker stuck where that
-    shutdown cannot reach it (which multiprocessing would wait for at exit, sending only SIGTERM)
-    dies of SIGALRM ``WORKER_GRACE_S`` seconds after the first SIGTERM.
+    process stops at its next step and shuts its workers down itself (and kills, at its exit,
+    any that did not end: see ``reap_loader_workers_at_exit``).
     """
-    signal.signal(signal.SIGTERM, _die_after_grace)
-    use_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _die_after_grace(*_: object) -> None:
-    earlier = signal.alarm(WORKER_GRACE_S)
-    if earlier:  # an earlier SIGTERM set the deadline: keep it
-        signal.alarm(earlier)
+def loader_workers(num_workers: int) -> dict[str, Any]:
+    """DataLoader arguments for ``num_workers`` workers that leave SIGTERM to this process and cannot hang its exit.
+
+    Each worker runs on one thread: torch sets its own pool so in every worker; OpenCV's is set here,
+    in this process, for the workers to inherit (``cv2.setNumThreads`` in a forked worker deadlocks
+    once this process's OpenCV pool has run).
+    """
+    if num_workers:
+        import cv2
+
+        cv2.setNumThreads(1)
+        reap_loader_workers_at_exit()
+    return {"num_workers": num_workers, "worker_init_fn": init_loader_worker}
+
+
+@functools.cache
+def reap_loader_workers_at_exit() -> None:
+    """At this process's exit, SIGKILL loader workers still alive after ``WORKER_EXIT_GRACE_S``.
+
+    Workers ignore SIGTERM, and multiprocessing ends its daemonic children at exit with SIGTERM and
+    then waits for them without a limit: one stuck worker would hang the job. Registered after
+    multiprocessing's own exit handler, this one runs before it.
+    """
+    atexit.register(_kill_stuck_workers)
+
+
+def _kill_stuck_workers() -> None:
+    deadline = time.monotonic() + WORKER_EXIT_GRACE_S
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()

@@ -23,7 +23,7 @@ from cocoseg.checkpoint import load_checkpoint
 from cocoseg.data.masks import palette, save_mask
 from cocoseg.data.split import split_rows
 from cocoseg.datasets import SegmentationDataset, collate_eval, eval_transform
-from cocoseg.device import (MEMORY_FORMAT, autocast, init_loader_worker, precision_name, resolve_precision,
+from cocoseg.device import (MEMORY_FORMAT, autocast, loader_workers, precision_name, resolve_precision,
                             select_device, to_channels_last, use_threads)
 from cocoseg.io import atomic_path, publish_folder, work_folder, write_csv
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
@@ -84,8 +84,8 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int,
 def eval_loader(rows: pd.DataFrame, run_dir: Path, settings: TrainSettings) -> DataLoader:
     dataset = SegmentationDataset(rows, run_dir, eval_transform(settings.image_size))
     return DataLoader(dataset, batch_size=settings.eval_batch_size, shuffle=False, drop_last=False,
-                      num_workers=settings.num_workers, collate_fn=collate_eval,
-                      persistent_workers=settings.num_workers > 0, worker_init_fn=init_loader_worker)
+                      collate_fn=collate_eval, persistent_workers=settings.num_workers > 0,
+                      **loader_workers(settings.num_workers))
 
 
 
