@@ -237,3 +237,31 @@ def test_loader_workers_forked_after_opencv_ran_do_not_hang(tmp_path):
     (tmp_path / "job.py").write_text(FORKED_AFTER_OPENCV)
     result = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+SIGTERM_WHILE_WORKERS_START = """
+import os, signal, sys
+import torch
+from cocoseg.device import init_loader_worker, loader_workers, started_workers
+
+def signalled_before_its_init(worker_id):
+    os.kill(os.getpid(), signal.SIGTERM)  # the job's SIGTERM, arriving before the worker's init has run
+    init_loader_worker(worker_id)
+
+if __name__ == "__main__":
+    torch.multiprocessing.set_start_method("spawn")  # as in a spawned DDP rank: the workers are forked all the same
+    options = {**loader_workers(1), "worker_init_fn": signalled_before_its_init}
+    loader = torch.utils.data.DataLoader([torch.zeros(8)] * 4, batch_size=2, **options)
+    batches = started_workers(loader) if sys.argv[1] == "held" else iter(loader)
+    print(sum(len(batch) for batch in batches))
+"""
+
+
+def test_a_sigterm_while_loader_workers_start_does_not_kill_them(tmp_path):
+    (tmp_path / "job.py").write_text(SIGTERM_WHILE_WORKERS_START)
+    held = subprocess.run([sys.executable, "job.py", "held"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert held.returncode == 0 and held.stdout.split() == ["4"], held.stderr[-2000:]
+    bare = subprocess.run([sys.executable, "job.py", "bare"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert bare.returncode != 0 and "exited unexpectedly" in bare.stderr  # the control: without the block

@@ -94,6 +94,8 @@ def test_a_killed_extraction_leaves_no_destination_and_goes_on_where_it_stopped(
         extract_images(synthetic.images_zip, synthetic.annotations, CLASSES, tmp_path / "img", tmp_path / "x.csv")
     assert not (tmp_path / "img").exists() and not (tmp_path / "x.csv").exists()
     assert sorted(p.name for p in (tmp_path / ".img.partial").iterdir()) == sorted(p.name for p in copied)
+    (tmp_path / ".img.partial" / ".COCO_val2014_000000000001.jpg.x1y2.tmp").write_bytes(b"half an image")
+    (tmp_path / ".img.partial" / "COCO_val2014_999999999999.jpg").write_bytes(b"no longer a candidate")
     monkeypatch.setattr(cocoseg.data.extract, "_copy_member", copy_member)
     listing = extract_images(synthetic.images_zip, synthetic.annotations, CLASSES, tmp_path / "img", tmp_path / "x.csv")
     assert set(listing.loc[listing["status"] == "present", "file_name"]) == {p.name for p in copied}

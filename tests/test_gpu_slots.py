@@ -92,4 +92,5 @@ def test_the_train_rule_script_trains_on_the_gpus_it_claimed(tmp_path, monkeypat
         release.set()
         holder.join(60)
     assert seen["entry"] == ("train" if gpus == 1 else "train_distributed") and seen["visible"] == expected
+    assert seen["args"][0] == (gpus if gpus > 1 else tmp_path / "data" / "manifest.csv")  # ranks, or the manifest
     assert "CUDA_VISIBLE_DEVICES" not in os.environ  # given back when the job ends

@@ -1,5 +1,6 @@
 """Training: exact resume, SIGTERM, NaN losses; evaluation and prediction from its checkpoint."""
 
+import contextlib
 import json
 import os
 import signal
@@ -197,7 +198,7 @@ from cocoseg.train import TrainSettings, train_distributed
 if __name__ == "__main__":
     run_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     settings = TrainSettings(backbone="mobilenet_v3_large", loss="cross_entropy", sampling="uniform", image_size=48,
-                             epochs=int(sys.argv[3]), batch_size=4, lr=1e-3, bn_momentum=0.1, num_workers=0,
+                             epochs=int(sys.argv[3]), batch_size=4, lr=1e-3, bn_momentum=0.1, num_workers=1,
                              wandb_mode="disabled", eval_batch_size=4, precision="fp32")
     train_distributed(2, run_dir / "data" / "manifest.csv", run_dir, out, sys.argv[4].split(","), settings,
                       variant="v", threads=2)
@@ -205,7 +206,8 @@ if __name__ == "__main__":
 
 
 def test_sigterm_to_a_two_rank_job_saves_and_exits_143(run_dir, tmp_path):
-    """Slurm's SIGTERM reaches the launcher and both ranks (gloo standing in for NCCL): they stop together."""
+    """Slurm's SIGTERM reaches the launcher and both ranks (gloo standing in for NCCL), each with a loader
+    worker: they stop together, and no worker keeps a rank from exiting."""
     import subprocess
     import sys
     import time
@@ -220,7 +222,11 @@ def test_sigterm_to_a_two_rank_job_saves_and_exits_143(run_dir, tmp_path):
     while not last.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(job.pid, signal.SIGTERM)
-    _, stderr = job.communicate(timeout=120)
+    try:
+        _, stderr = job.communicate(timeout=120)  # a rank waiting for its loader worker would hang here
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode == 143, stderr[-3000:]
     assert 1 <= load_checkpoint(last)["epoch"] < epochs
     assert not (tmp_path / "training.json").exists()

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from cocoseg.augment import augment_batch, normalize
 from cocoseg.cache import CachedSplit
 from cocoseg.datasets import CachedTrainDataset, train_transform
-from cocoseg.device import loader_workers
+from cocoseg.device import loader_workers, started_workers
 from cocoseg.sampling import RepeatFactorSampler
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -63,7 +63,7 @@ class LoaderBatches(_EpochBatches):
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=items, drop_last=True,
                             pin_memory=self.device.type == "cuda", **loader_workers(self.num_workers),
                             generator=torch.Generator())  # its own: the global RNG (dropout) is left alone
-        for batch in loader:
+        for batch in started_workers(loader):
             yield (batch["image"].to(self.device, non_blocking=True),
                    batch["mask"].to(self.device, non_blocking=True))
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cocoseg.device import kill_stuck_loader_workers
 from cocoseg.logs import configure as configure_logging
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str, log_file: st
         target(*args, **kwargs)
     finally:
         dist.destroy_process_group()
+        kill_stuck_loader_workers()
 
 
 def launch(world_size: int, target: Callable[..., Any], args: tuple, kwargs: dict, backend: str | None = None,

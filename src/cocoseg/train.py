@@ -16,6 +16,7 @@ DistributedDataParallel, validation confusion matrices are summed over ranks, an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -383,21 +384,25 @@ def train_one_epoch(training: Training, state: TrainState, model: torch.nn.Modul
     steps = state.partial["steps"]
     nonfinite = NonFiniteLoss(device)
     total = training.batches.steps(state.epoch) - state.step
-    bar = tqdm(training.batches.epoch(state.epoch, state.step), total=total, disable=not training.ranks.main,
+    batches = training.batches.epoch(state.epoch, state.step)
+    bar = tqdm(batches, total=total, disable=not training.ranks.main,
                desc=f"{training.variant} epoch {state.epoch + 1}/{s.epochs}", unit="batch", mininterval=2)
-    for step, (images, masks) in enumerate(bar, start=state.step):
-        if stop.seen(step, training.ranks, device):
-            _raise_if_nonfinite(training, state, nonfinite)
-            state.step = step
-            state.partial = {"loss": float(loss_sum), "steps": steps, "seconds": state.partial["seconds"]}
-            raise TrainingInterrupted()
-        loss = train_step(model, images, masks, training.loss_fn, training.optimizer, s.aux_weight, device,
-                          training.precision)
-        nonfinite.record(loss, step)
-        loss_sum += loss
-        steps += 1
-        if (step + 1) % CHECK_EVERY == 0:
-            _raise_if_nonfinite(training, state, nonfinite)
+    # Closed on the way out: an interrupted epoch's loader workers end now, not when its traceback is freed
+    # (a spawned rank's exit waits for them before any atexit handler runs).
+    with contextlib.closing(batches):
+        for step, (images, masks) in enumerate(bar, start=state.step):
+            if stop.seen(step, training.ranks, device):
+                _raise_if_nonfinite(training, state, nonfinite)
+                state.step = step
+                state.partial = {"loss": float(loss_sum), "steps": steps, "seconds": state.partial["seconds"]}
+                raise TrainingInterrupted()
+            loss = train_step(model, images, masks, training.loss_fn, training.optimizer, s.aux_weight, device,
+                              training.precision)
+            nonfinite.record(loss, step)
+            loss_sum += loss
+            steps += 1
+            if (step + 1) % CHECK_EVERY == 0:
+                _raise_if_nonfinite(training, state, nonfinite)
     _raise_if_nonfinite(training, state, nonfinite)
     mean_loss = float(all_reduce(loss_sum, training.ranks)) / max(1, steps * training.ranks.world_size)
     return mean_loss, steps

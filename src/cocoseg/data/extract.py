@@ -88,6 +88,14 @@ def _members_by_file_name(archive: zipfile.ZipFile, path: Path) -> dict[str, zip
     return members
 
 
+def _drop_unwanted(partial: Path, wanted: set[str]) -> None:
+    """What a killed extraction left that is not to be published: its temporary files, and images that
+    are no longer candidates (the annotations changed since)."""
+    for path in partial.iterdir():
+        if path.name not in wanted:
+            path.unlink()
+
+
 def _complete(path: Path, info: zipfile.ZipInfo) -> bool:
     return path.exists() and path.stat().st_size == info.file_size
 
@@ -128,6 +136,7 @@ def extract_images(
     with _open_archive(archive_path) as archive:
         members = _members_by_file_name(archive, archive_path)
     partial.mkdir(parents=True, exist_ok=True)
+    _drop_unwanted(partial, {file_name for _, file_name in wanted})
     with ThreadPoolExecutor(max(1, threads)) as pool:
         statuses = list(tqdm(pool.map(extract, wanted), total=len(wanted), desc="extract", unit="img", mininterval=1))
     for handle in handles:
