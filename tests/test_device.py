@@ -218,6 +218,7 @@ image = np.random.rand(1500, 1500, 3).astype(np.float32)
 def worker():
     init_loader_worker(0)
     cv2.GaussianBlur(image, (9, 9), 0)  # an augmentation's OpenCV call
+    sys.exit(0 if cv2.getNumThreads() == 1 else f"OpenCV runs {cv2.getNumThreads()} threads in a worker")
 
 if __name__ == "__main__":
     cv2.setNumThreads(2)
@@ -233,7 +234,8 @@ if __name__ == "__main__":
 
 
 def test_loader_workers_forked_after_opencv_ran_do_not_hang(tmp_path):
-    """Setting OpenCV's threads inside a forked worker hung it once the parent's pool had run."""
+    """Setting OpenCV's threads inside a forked worker hung it once the parent's pool had run: they are set
+    before the fork, and the worker runs OpenCV on one thread."""
     (tmp_path / "job.py").write_text(FORKED_AFTER_OPENCV)
     result = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -224,9 +224,10 @@ def test_sigterm_to_a_two_rank_job_saves_and_exits_143(run_dir, tmp_path):
     os.killpg(job.pid, signal.SIGTERM)
     try:
         _, stderr = job.communicate(timeout=120)  # a rank waiting for its loader worker would hang here
-    finally:
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(job.pid, signal.SIGKILL)
+        raise
     assert job.returncode == 143, stderr[-3000:]
     assert 1 <= load_checkpoint(last)["epoch"] < epochs
     assert not (tmp_path / "training.json").exists()
@@ -429,3 +430,28 @@ def test_best_pt_is_copied_where_the_filesystem_has_no_hard_links(tmp_path, monk
     link_or_copy(source, tmp_path / "best.pt")
     assert (tmp_path / "best.pt").read_bytes() == b"weights" and not (tmp_path / "best.pt").samefile(source)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt", "checkpoints"]  # no temp file left
+
+
+EARLY_SIGTERM = """
+import os, signal, threading, time
+import torch
+from cocoseg.distributed import launch
+
+if __name__ == "__main__":
+    threading.Timer(3, os.kill, (os.getpid(), signal.SIGTERM)).start()  # Slurm's SIGTERM, reaching the launcher
+    try:
+        launch(2, time.sleep, (120,), {})  # ranks with no SIGTERM handler yet, as while they import and set up
+    except torch.multiprocessing.ProcessExitedException as ended:
+        raise SystemExit(ended.exit_code)  # train_distributed turns 143 into TrainingInterrupted
+"""
+
+
+def test_ranks_pre_empted_before_training_starts_still_exit_143(tmp_path):
+    """A rank signalled while it imports torch or joins the group dies of SIGTERM (no handler yet): the job
+    still ends as a pre-emption, 143, for the scheduler to requeue, not as a failure."""
+    import subprocess
+    import sys
+
+    (tmp_path / "job.py").write_text(EARLY_SIGTERM)
+    job = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert job.returncode == 143, job.stderr[-3000:]

@@ -102,7 +102,7 @@ def use_threads(threads: int | None) -> None:
         cv2.setNumThreads(threads)
 
 
-WORKER_EXIT_GRACE_S = 10.0  # how long a process waits at exit for loader workers before killing them
+WORKER_EXIT_GRACE_S = 2.0  # how long a process waits at exit for loader workers (torch's shutdown waited already)
 
 
 def init_loader_worker(_: int) -> None:
@@ -147,11 +147,11 @@ def started_workers(loader: Iterable[Item]) -> Iterator[Item]:
     start-up data into a pipe nobody reads. Held back here, the signal reaches this process's handler
     once the workers are up.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         return iter(loader)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @functools.cache

@@ -28,6 +28,8 @@ from cocoseg.logs import configure as configure_logging
 
 log = logging.getLogger(__name__)
 
+RANK_EXIT_GRACE_S = 10.0  # once one rank has ended, how long the others get to end on their own
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -88,8 +90,10 @@ def _rank_main(rank: int, world_size: int, port: int, backend: str, log_file: st
     try:
         target(*args, **kwargs)
     finally:
-        dist.destroy_process_group()
-        kill_stuck_loader_workers()
+        try:
+            dist.destroy_process_group()
+        finally:
+            kill_stuck_loader_workers()
 
 
 def launch(world_size: int, target: Callable[..., Any], args: tuple, kwargs: dict, backend: str | None = None,
@@ -105,15 +109,25 @@ def launch(world_size: int, target: Callable[..., Any], args: tuple, kwargs: dic
             _rank_main, args=(world_size, _free_port(), backend, log_file, target, args, kwargs), nprocs=world_size,
             join=False, start_method="spawn")
 
+    forwarded = []
+
     def forward_sigterm(*_: Any) -> None:
+        forwarded.append(True)
         for process in context.processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
 
     previous_handler = signal.signal(signal.SIGTERM, forward_sigterm)
     try:
-        while not context.join():
+        while not context.join(grace_period=RANK_EXIT_GRACE_S):
             pass
+    except torch.multiprocessing.ProcessExitedException as failure:
+        if forwarded and failure.exit_code == -signal.SIGTERM:
+            # A rank signalled before its training installed the handler died of it: a pre-emption all the same.
+            raise torch.multiprocessing.ProcessExitedException(
+                "a rank was pre-empted before training started", failure.error_index, failure.error_pid,
+                exit_code=143) from failure
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 

@@ -26,7 +26,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -372,9 +372,9 @@ def _raise_if_nonfinite(training: Training, state: TrainState, nonfinite: NonFin
             f"{training.train_rows['image_id'].iloc[indices].tolist()}")
 
 
-def train_one_epoch(training: Training, state: TrainState, model: torch.nn.Module,
-                    stop: StopRequest) -> tuple[float, int]:
-    """The current epoch from ``state.step`` on; returns its mean train loss and optimizer steps.
+def train_one_epoch(training: Training, state: TrainState, model: torch.nn.Module, stop: StopRequest,
+                    batches: Iterator[Batch]) -> tuple[float, int]:
+    """The current epoch from ``state.step`` on (``batches``); returns its mean train loss and optimizer steps.
 
     On a stop request ``state`` records where the epoch stands, and ``TrainingInterrupted`` is raised.
     """
@@ -384,25 +384,21 @@ def train_one_epoch(training: Training, state: TrainState, model: torch.nn.Modul
     steps = state.partial["steps"]
     nonfinite = NonFiniteLoss(device)
     total = training.batches.steps(state.epoch) - state.step
-    batches = training.batches.epoch(state.epoch, state.step)
     bar = tqdm(batches, total=total, disable=not training.ranks.main,
                desc=f"{training.variant} epoch {state.epoch + 1}/{s.epochs}", unit="batch", mininterval=2)
-    # Closed on the way out: an interrupted epoch's loader workers end now, not when its traceback is freed
-    # (a spawned rank's exit waits for them before any atexit handler runs).
-    with contextlib.closing(batches):
-        for step, (images, masks) in enumerate(bar, start=state.step):
-            if stop.seen(step, training.ranks, device):
-                _raise_if_nonfinite(training, state, nonfinite)
-                state.step = step
-                state.partial = {"loss": float(loss_sum), "steps": steps, "seconds": state.partial["seconds"]}
-                raise TrainingInterrupted()
-            loss = train_step(model, images, masks, training.loss_fn, training.optimizer, s.aux_weight, device,
-                              training.precision)
-            nonfinite.record(loss, step)
-            loss_sum += loss
-            steps += 1
-            if (step + 1) % CHECK_EVERY == 0:
-                _raise_if_nonfinite(training, state, nonfinite)
+    for step, (images, masks) in enumerate(bar, start=state.step):
+        if stop.seen(step, training.ranks, device):
+            _raise_if_nonfinite(training, state, nonfinite)
+            state.step = step
+            state.partial = {"loss": float(loss_sum), "steps": steps, "seconds": state.partial["seconds"]}
+            raise TrainingInterrupted()
+        loss = train_step(model, images, masks, training.loss_fn, training.optimizer, s.aux_weight, device,
+                          training.precision)
+        nonfinite.record(loss, step)
+        loss_sum += loss
+        steps += 1
+        if (step + 1) % CHECK_EVERY == 0:
+            _raise_if_nonfinite(training, state, nonfinite)
     _raise_if_nonfinite(training, state, nonfinite)
     mean_loss = float(all_reduce(loss_sum, training.ranks)) / max(1, steps * training.ranks.world_size)
     return mean_loss, steps
@@ -481,15 +477,18 @@ def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[in
     try:
         while state.epoch < training.settings.epochs:
             started = time.perf_counter()
-            try:
-                train_loss, steps = train_one_epoch(training, state, model, stop)
-            except TrainingInterrupted:
-                state.elapsed += time.perf_counter() - started
-                state.partial["seconds"] += time.perf_counter() - started
-                save_last(training, state)
-                log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", training.last_path, state.epoch + 1,
-                            state.step)
-                raise
+            # Closed when the epoch ends or is interrupted (after last.pt is saved): its loader workers end then,
+            # not when the traceback is freed (a spawned rank's exit waits for them before any atexit handler).
+            with contextlib.closing(training.batches.epoch(state.epoch, state.step)) as batches:
+                try:
+                    train_loss, steps = train_one_epoch(training, state, model, stop, batches)
+                except TrainingInterrupted:
+                    state.elapsed += time.perf_counter() - started
+                    state.partial["seconds"] += time.perf_counter() - started
+                    save_last(training, state)
+                    log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", training.last_path,
+                                state.epoch + 1, state.step)
+                    raise
             if training.device.type == "cuda":
                 torch.cuda.synchronize(training.device)
             train_seconds = time.perf_counter() - started + state.partial["seconds"]
