@@ -81,3 +81,9 @@ def run_rule_script(name: str, *, input: dict | None = None, output: dict | None
         resources=_Named(**(resources or {})), config=config or {},
     )
     runpy.run_path(str(REPO / "workflow" / "scripts" / f"{name}.py"), init_globals={"snakemake": snakemake})
+
+
+def run_script(folder: Path, source: str, *args: str) -> subprocess.CompletedProcess:
+    """``source`` saved as ``folder/job.py`` and run in a Python process of its own (signals, forks, exits)."""
+    (folder / "job.py").write_text(source)
+    return subprocess.run([sys.executable, "job.py", *args], cwd=folder, capture_output=True, text=True, timeout=120)

@@ -14,6 +14,7 @@ from cocoseg.device import autocast, cpu_flags, cpu_has_native_bf16, resolve_pre
 from cocoseg.losses import build_loss
 from cocoseg.models import build_model
 from cocoseg.train import process_threads, train_step
+from conftest import run_script
 
 NUM_CLASSES = 6
 CPU = torch.device("cpu")
@@ -236,8 +237,7 @@ if __name__ == "__main__":
 def test_loader_workers_forked_after_opencv_ran_do_not_hang(tmp_path):
     """Setting OpenCV's threads inside a forked worker hung it once the parent's pool had run: they are set
     before the fork, and the worker runs OpenCV on one thread."""
-    (tmp_path / "job.py").write_text(FORKED_AFTER_OPENCV)
-    result = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = run_script(tmp_path, FORKED_AFTER_OPENCV)
     assert result.returncode == 0, result.stderr
 
 
@@ -260,10 +260,7 @@ if __name__ == "__main__":
 
 
 def test_a_sigterm_while_loader_workers_start_does_not_kill_them(tmp_path):
-    (tmp_path / "job.py").write_text(SIGTERM_WHILE_WORKERS_START)
-    held = subprocess.run([sys.executable, "job.py", "held"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    held = run_script(tmp_path, SIGTERM_WHILE_WORKERS_START, "held")
     assert held.returncode == 0 and held.stdout.split() == ["4"], held.stderr[-2000:]
-    bare = subprocess.run([sys.executable, "job.py", "bare"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    bare = run_script(tmp_path, SIGTERM_WHILE_WORKERS_START, "bare")
     assert bare.returncode != 0 and "exited unexpectedly" in bare.stderr  # the control: without the block

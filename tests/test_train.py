@@ -17,7 +17,7 @@ from cocoseg.io import link_or_copy
 from cocoseg.predict import predict
 from cocoseg.models import build_model
 from cocoseg.train import TIMING_COLUMNS, TrainingInterrupted, TrainSettings, load_checkpoint, train, train_distributed
-from conftest import CLASSES
+from conftest import CLASSES, run_script
 
 
 def settings(**changes):
@@ -449,9 +449,5 @@ if __name__ == "__main__":
 def test_ranks_pre_empted_before_training_starts_still_exit_143(tmp_path):
     """A rank signalled while it imports torch or joins the group dies of SIGTERM (no handler yet): the job
     still ends as a pre-emption, 143, for the scheduler to requeue, not as a failure."""
-    import subprocess
-    import sys
-
-    (tmp_path / "job.py").write_text(EARLY_SIGTERM)
-    job = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    job = run_script(tmp_path, EARLY_SIGTERM)
     assert job.returncode == 143, job.stderr[-3000:]

@@ -32,11 +32,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def work_folder(target: Path, tag: str = "") -> Path:
-    """A fresh folder beside ``target`` for work in progress (one that a killed run left is removed first)."""
+def work_folder(target: Path, tag: str = "", resume: bool = False) -> Path:
+    """A folder beside ``target`` for work in progress: fresh (one that a killed run left is removed first), or
+    with ``resume`` that one, kept for the work to go on from."""
     partial = target.parent / f".{target.name}{tag}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    if not resume:
+        shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True, exist_ok=resume)
     return partial
 
 

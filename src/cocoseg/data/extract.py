@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cocoseg.coco import load_index
-from cocoseg.io import atomic_path, publish_folder, write_csv
+from cocoseg.io import atomic_path, publish_folder, work_folder, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,6 @@ def extract_images(
     (already there, complete) or ``missing`` (named by the annotations, absent from the zip).
     """
     archive_path, dest_dir = Path(archive_path), Path(dest_dir)
-    partial = dest_dir.parent / f".{dest_dir.name}.partial"
     index = load_index(Path(annotations_path), classes)
     wanted = [(i, index.images[i]["file_name"]) for i in index.candidates()]
     local = threading.local()
@@ -135,7 +134,7 @@ def extract_images(
 
     with _open_archive(archive_path) as archive:
         members = _members_by_file_name(archive, archive_path)
-    partial.mkdir(parents=True, exist_ok=True)
+    partial = work_folder(dest_dir, resume=True)
     _drop_unwanted(partial, {file_name for _, file_name in wanted})
     with ThreadPoolExecutor(max(1, threads)) as pool:
         statuses = list(tqdm(pool.map(extract, wanted), total=len(wanted), desc="extract", unit="img", mininterval=1))
