@@ -33,11 +33,17 @@ def test_bench_train_smoke(tmp_path):
     assert result["grid_hours"]["cocoseg"] == sum(b["grid_hours"]["cocoseg"] for b in result["backbones"].values())
 
 
-def test_bench_bootstrap_smoke(tmp_path):
-    out = tmp_path / "bootstrap.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_bootstrap.py"), "--configurations", "2",
-                    "--seeds", "2", "--images", "30", "--resamples", "100", "--json", str(out)],
-                   check=True, cwd=tmp_path, timeout=300)
+def test_bench_comparison_reproduces_the_calibration_and_the_former_methods_failure(tmp_path):
+    from cocoseg.simulate import ARMS, calibrate
+
+    out = tmp_path / "comparison.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_comparison.py"), "--arms", "0", "--studies", "40",
+                    "--effect-studies", "10", "--resamples", "200", "--configurations", "4", "--seeds", "2",
+                    "--images", "50", "--json", str(out)], check=True, cwd=tmp_path)
     result = json.loads(out.read_text())
-    # The vectorised replicates are the loop's, to rounding: the benchmark compares like with like.
-    assert result["max_abs_difference"] < 1e-12 and result["resamples"] == 100
+    ours, before = result["calibration"]
+    assert ours == {"arm": ARMS[0].name, "seeds": 2, "method": "variance components (cocoseg)",
+                    **calibrate(ARMS[0], 40, 10).__dict__}
+    # With 2 seeds whose spread dominates, the former bootstrap calls a non-difference significant far too often.
+    assert before["false_positive"] >= 0.15 > ours["false_positive"]
+    assert result["speed"]["configurations"] == 4 and result["speed"]["images"] == 50

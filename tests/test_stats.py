@@ -1,17 +1,21 @@
-"""Bootstrap intervals, paired comparisons, Holm's adjustment, and tables ranked by validation."""
+"""Variance components, intervals that keep their level with few seeds, paired comparisons, power, Holm."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from cocoseg.compare import compare
 from cocoseg.metrics import metrics_from_confusion
-from cocoseg.plots import write_tables
-from cocoseg.stats import bootstrap, bootstrap_p_value, draw_image_counts, holm, percentile_interval
+from cocoseg.plots import power_curves, write_comparison, write_tables
+from cocoseg.simulate import ARMS, calibrate
+from cocoseg.stats import (Configuration, detectable_difference, difference, generalized_half_width, holm,
+                           inference, jackknife, seeds_needed)
 
 CLASSES = ["a", "b"]
+REFERENCE = "mobilenet_v3_large-cross_entropy-uniform"
 
 
 def random_confusions(rng, seeds, images, classes=3, scale=50, noise=0.1):
@@ -22,75 +26,99 @@ def random_confusions(rng, seeds, images, classes=3, scale=50, noise=0.1):
     return confusion.astype(np.int64)
 
 
-def test_bootstrap_is_reproducible_and_its_interval_holds_the_point_estimate():
-    confusions = {"x": random_confusions(np.random.default_rng(0), 2, 40)}
-    first, again = bootstrap(confusions, 500, seed=3)["x"], bootstrap(confusions, 500, seed=3)["x"]
-    other = bootstrap(confusions, 500, seed=4)["x"]
-    np.testing.assert_array_equal(first.miou_replicates, again.miou_replicates)
-    np.testing.assert_array_equal(first.iou_replicates, again.iou_replicates)
-    assert not np.array_equal(first.miou_replicates, other.miou_replicates)
-    low, high = percentile_interval(first.miou_replicates)
-    assert low < first.miou < high
-    low, high = percentile_interval(first.iou_replicates)
-    assert np.all((low <= first.iou) & (first.iou <= high))
+def test_jackknife_leaves_each_image_out_checked_against_the_metrics_module():
+    confusion = random_confusions(np.random.default_rng(1), 2, 12)
+    values, left_out = jackknife(confusion)
+    for s in range(2):
+        whole = metrics_from_confusion(confusion[s].sum(0))
+        np.testing.assert_allclose(values[s], [whole["miou"], whole["miou_objects"], *whole["iou"]], rtol=1e-12)
+        for i in range(12):
+            expected = metrics_from_confusion(confusion[s].sum(0) - confusion[s, i])
+            np.testing.assert_allclose(left_out[s, i], [expected["miou"], expected["miou_objects"], *expected["iou"]],
+                                       rtol=1e-12)
 
 
-def test_one_seed_is_exactly_the_image_bootstrap_checked_against_the_metrics_module():
-    confusion = random_confusions(np.random.default_rng(1), 1, 30)
-    result = bootstrap({"x": confusion}, 200, seed=5)["x"]
-    counts = draw_image_counts(np.random.default_rng(5), 200, 30)  # the draws bootstrap() makes first
-    for b in range(200):
-        resampled = np.tensordot(counts[b], confusion[0], axes=1)
-        expected = metrics_from_confusion(resampled)
-        assert result.miou_replicates[b] == pytest.approx(expected["miou"], rel=1e-12)
-        assert result.miou_objects_replicates[b] == pytest.approx(expected["miou_objects"], rel=1e-12)
-        np.testing.assert_allclose(result.iou_replicates[b], expected["iou"], rtol=1e-12)
-    assert result.miou == pytest.approx(metrics_from_confusion(confusion[0].sum(0))["miou"], rel=1e-12)
+def jackknife_covariance(a, b):
+    """Jackknife covariance over images between two runs' mIoU, written out from the textbook formula."""
+    n = len(a)
+    return (n - 1) / n * np.sum((a - a.mean()) * (b - b.mean()))
 
 
-def test_the_second_level_resamples_seeds():
-    # Every image alike within a seed, so image draws change nothing: a replicate is the mean of two
-    # seeds drawn with replacement: both seed 0, one of each, or both seed 1 (1/4, 1/2, 1/4).
-    perfect, poor = np.diag([10, 10, 10]), np.full((3, 3), 5) + np.diag([5, 5, 5])
-    confusions = np.stack([np.repeat(poor[None], 12, 0), np.repeat(perfect[None], 12, 0)])
-    result = bootstrap({"x": confusions}, 4000, seed=0)["x"]
-    low_value = metrics_from_confusion(poor)["miou"]
-    values, counts = np.unique(np.round(result.miou_replicates, 9), return_counts=True)
-    np.testing.assert_allclose(values, np.round([low_value, (low_value + 1) / 2, 1.0], 9))
-    np.testing.assert_allclose(counts / 4000, [0.25, 0.5, 0.25], atol=0.03)
-    assert result.miou == pytest.approx((low_value + 1) / 2)
+def test_variance_components_by_hand():
+    # Seed part: the per-seed values' variance; image part: the mean jackknife covariance between distinct runs
+    # of a configuration; for a difference, the cross-configuration covariances too.
+    rng = np.random.default_rng(3)
+    first, second = random_confusions(rng, 3, 20), random_confusions(rng, 2, 20, noise=0.2)
+    a, b = Configuration.from_confusions(first), Configuration.from_confusions(second)
+    runs_a, runs_b = jackknife(first)[1][:, :, 0], jackknife(second)[1][:, :, 0]
+    cov = lambda x, y: np.mean([jackknife_covariance(p, q) for p in x for q in y])  # noqa: E731
+    offdiagonal = lambda x: np.mean([jackknife_covariance(x[i], x[j])  # noqa: E731
+                                     for i in range(len(x)) for j in range(len(x)) if i != j])
+    own = inference(a)
+    assert a.seed_var[0] == pytest.approx(np.var(jackknife(first)[0][:, 0], ddof=1), rel=1e-12)
+    assert own.seed_var[0] == pytest.approx(a.seed_var[0] / 3, rel=1e-12)
+    assert own.image_var[0] == pytest.approx(max(offdiagonal(runs_a), 0), rel=1e-9, abs=1e-15)
+    delta = difference(a, b)
+    expected = offdiagonal(runs_a) + offdiagonal(runs_b) - 2 * cov(runs_a, runs_b)
+    assert delta.image_var[0] == pytest.approx(max(expected, 0), rel=1e-9, abs=1e-15)
+    assert delta.seed_var[0] == pytest.approx(a.seed_var[0] / 3 + b.seed_var[0] / 2, rel=1e-12)
+    assert delta.estimate[0] == pytest.approx(a.mean[0] - b.mean[0])
 
 
-def test_interval_covers_the_true_miou_at_about_its_level():
-    # A population of 20,000 images whose total confusion gives the true mIoU; each repetition
-    # evaluates 150 images drawn from it. The percentile interval of a smooth statistic covers at
-    # close to 95%; with 300 repetitions the binomial standard error is 1.3 points, so a correct
-    # bootstrap lands in 90-99% (an interval from too few resamples, or a wrong resampling unit such
-    # as pixels, falls far outside: see the second assertion).
-    rng = np.random.default_rng(11)
-    population = random_confusions(rng, 1, 20_000, scale=30)[0]
-    truth = metrics_from_confusion(population.sum(0))["miou"]
-    covered, too_narrow = 0, 0
-    for repetition in range(300):
-        sample = population[rng.integers(0, len(population), 150)]
-        estimate = bootstrap({"x": sample[None]}, 400, seed=repetition)["x"]
-        low, high = percentile_interval(estimate.miou_replicates)
-        covered += low <= truth <= high
-        width = (high - low) / 10  # an interval a tenth as wide must miss most of the time
-        too_narrow += estimate.miou - width / 2 <= truth <= estimate.miou + width / 2
-    assert 0.90 <= covered / 300 <= 0.99
-    assert too_narrow / 300 < 0.3
+def identical_images(per_seed_confusions, images=10):
+    """Runs whose every test image is alike: no test-image error, only the seeds' spread."""
+    return np.repeat(np.asarray(per_seed_confusions)[:, None], images, axis=1)
 
 
-def test_bootstrap_p_value_and_holm_by_hand():
-    assert bootstrap_p_value(np.zeros(100)) == 1.0
-    # 3 of 99 differences at or below 0: p = 2 * (3 + 1) / (99 + 1) = 0.08
-    differences = np.r_[np.full(96, 0.5), [-0.1, -0.2, 0.0]]
-    assert bootstrap_p_value(differences) == pytest.approx(0.08)
-    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max.
-    np.testing.assert_allclose(holm(np.array([0.01, 0.04, 0.03, 0.005])), [0.03, 0.06, 0.06, 0.02])
-    np.testing.assert_allclose(holm(np.array([np.nan, 0.2, 0.5])), [np.nan, 0.4, 0.5])
-    np.testing.assert_allclose(holm(np.array([0.6, 0.7])), [1.0, 1.0])
+def seed_confusions(rng, seeds):
+    return [np.diag(rng.integers(50, 100, 3)) + rng.integers(0, 30, (3, 3)) for _ in range(seeds)]
+
+
+def test_without_image_error_the_difference_is_welchs_t_test():
+    rng = np.random.default_rng(5)
+    a = Configuration.from_confusions(identical_images(seed_confusions(rng, 3)))
+    b = Configuration.from_confusions(identical_images(seed_confusions(rng, 4)))
+    assert np.allclose(a.deviation, 0) and np.allclose(b.deviation, 0)
+    delta = difference(a, b)
+    welch = scipy_stats.ttest_ind(a.values[:, 0], b.values[:, 0], equal_var=False)
+    assert delta.p_value[0] == pytest.approx(welch.pvalue, rel=1e-9)
+    assert delta.df[0] == pytest.approx(welch.df, rel=1e-9)
+    low, high = welch.confidence_interval(0.95)
+    assert (delta.low[0], delta.high[0]) == (pytest.approx(low, rel=1e-9), pytest.approx(high, rel=1e-9))
+    # One configuration alone: Student's t interval with S - 1 degrees of freedom.
+    own = inference(a)
+    half = scipy_stats.t.ppf(0.975, 2) * a.values[:, 0].std(ddof=1) / np.sqrt(3)
+    assert own.half_width[0] == pytest.approx(half, rel=2e-3)
+
+
+def test_generalized_interval_between_its_two_limits():
+    seed_var, image_var = np.array([1e-4, 0.0, 1e-4, 1e-4]), np.array([0.0, 1e-4, 1e-4, 1e-6])
+    width = generalized_half_width(seed_var, 2, image_var)
+    assert width[0] == pytest.approx(scipy_stats.t.ppf(0.975, 2) * 1e-2, rel=2e-3)  # seeds alone: Student's t
+    assert width[1] == pytest.approx(scipy_stats.norm.ppf(0.975) * 1e-2, rel=1e-6)  # images alone: normal
+    total = np.sqrt(2e-4)
+    assert scipy_stats.norm.ppf(0.975) * total < width[2] < scipy_stats.t.ppf(0.975, 2) * total
+    # Monte Carlo check of the definition: P(|Z| sqrt(seed_var 2 / X + image_var) <= h) = 0.95.
+    rng = np.random.default_rng(0)
+    draws = np.abs(rng.standard_normal(400_000)) * np.sqrt(1e-4 * 2 / rng.chisquare(2, 400_000) + 1e-4)
+    assert np.mean(draws <= width[2]) == pytest.approx(0.95, abs=0.002)
+
+
+def test_power_by_hand_and_its_limits():
+    seed_var, image_var, images = 1e-4, 4e-6, 800
+    for seeds in (2, 3, 10):
+        se = np.sqrt(2 * seed_var / seeds + image_var)
+        df = (2 * seed_var / seeds + image_var) ** 2 / (2 * (seed_var / seeds) ** 2 / (seeds - 1)
+                                                         + image_var**2 / (images - 1))
+        expected = (scipy_stats.t.ppf(0.975, df) + scipy_stats.t.ppf(0.8, df)) * se
+        assert detectable_difference(seed_var, seeds, seed_var, seeds, image_var, images) == pytest.approx(expected)
+    needed_2, needed_1 = seeds_needed(0.02, seed_var, seed_var, image_var, images), \
+        seeds_needed(0.01, seed_var, seed_var, image_var, images)
+    assert 2 <= needed_2 < needed_1
+    assert detectable_difference(seed_var, needed_2, seed_var, needed_2, image_var, images) <= 0.02
+    assert detectable_difference(seed_var, needed_2 - 1, seed_var, needed_2 - 1, image_var, images) > 0.02
+    # Test images whose own error is above 0.02 / 2.8 leave 0.02 out of reach of any number of seeds.
+    assert np.isnan(seeds_needed(0.02, seed_var, seed_var, (0.02 / 2.5) ** 2, images))
 
 
 def write_run(root, variant, seed, val_miou, confusion, image_ids, steps=10):
@@ -124,50 +152,126 @@ def disagreeing_runs(tmp_path):
     return tmp_path, folders
 
 
-def test_comparison_ranks_by_validation_and_pairs_with_the_reference(disagreeing_runs):
+def compare_folders(folders, reference=REFERENCE, classes=CLASSES):
+    return compare([f / "evaluation/metrics.json" for f in folders], [f / "training.json" for f in folders],
+                   [f / "evaluation/per_image_confusion.npz" for f in folders], classes, reference)
+
+
+def test_comparison_ranks_by_validation_and_compares_with_the_reference(disagreeing_runs):
     _, folders = disagreeing_runs
-    reference = "mobilenet_v3_large-cross_entropy-uniform"
-    table, per_class = compare([f / "evaluation/metrics.json" for f in folders], [f / "training.json" for f in folders],
-                               [f / "evaluation/per_image_confusion.npz" for f in folders], CLASSES, reference, 500)
-    assert list(table["variant"]) == ["resnet50-focal_tversky-oversample", "resnet50-cross_entropy-uniform", reference]
+    table, per_class = compare_folders(folders)
+    assert list(table["variant"]) == ["resnet50-focal_tversky-oversample", "resnet50-cross_entropy-uniform", REFERENCE]
     assert table["test_miou"].is_monotonic_increasing  # test disagrees with validation, and does not decide
-    ref = table.set_index("variant").loc[reference]
-    assert ref["seeds"] == 2 and ref["seed_values"] == "0 1"
+    ref = table.set_index("variant").loc[REFERENCE]
+    assert ref["seeds"] == 2 and ref["seed_values"] == "0 1" and ref["covers"] == "test images and seeds"
     assert (ref["delta_miou"], ref["delta_ci_low"], ref["delta_ci_high"]) == (0, 0, 0)
     assert np.isnan(ref["p_value"]) and not ref["significant"]
-    # Two seeds of identical predictions (listed in another order): sd 0, and the per-image pairing held.
+    # Two seeds of identical predictions (listed in another order): sd 0, and the image pairing held.
     assert ref["test_miou_sd"] == pytest.approx(0)
     poor = table.set_index("variant").loc["resnet50-focal_tversky-oversample"]
+    assert poor["covers"] == "test images only (one seed)" and np.isnan(poor["detectable_delta"])
     assert poor["delta_ci_high"] < 0 and poor["significant"]
     assert poor["p_holm"] == pytest.approx(min(1, 2 * poor["p_value"]))  # smallest of two comparisons
     assert poor["test_miou"] == pytest.approx(
         json.loads((folders[2] / "evaluation/metrics.json").read_text())["test"]["miou"])
-    reference_rows = per_class[per_class["variant"] == reference]
+    assert "one seed" in poor["power_note"]
+    reference_rows = per_class[per_class["variant"] == REFERENCE]
     assert (reference_rows[["delta_iou", "delta_ci_low", "delta_ci_high"]] == 0).all().all()
     assert len(per_class) == 3 * (len(CLASSES) + 1)
-    for _, rows in per_class.groupby("class"):  # Holm within each class, over the configurations
-        np.testing.assert_allclose(rows["p_holm"], holm(rows["p_value"].to_numpy()))
+    # One family over every (configuration, class) comparison.
+    np.testing.assert_allclose(per_class["p_holm"], holm(per_class["p_value"].to_numpy()))
 
 
-def test_configurations_share_the_image_and_seed_draws(tmp_path):
-    """Two configurations with the same predictions differ by exactly 0 in every replicate, whatever order
-    their runs are listed in: the images drawn, and the seeds drawn (paired by seed), are the same."""
+def test_seeds_are_unpaired_and_seed_sets_may_differ(tmp_path):
+    """Which seed number a run had does not matter across configurations; unequal seed sets are compared as such."""
+    rng = np.random.default_rng(4)
+    ids = np.arange(40)
+    runs = [random_confusions(rng, 1, 40, noise=n)[0] for n in (0.05, 0.3, 0.1, 0.15, 0.2)]
+    base = [write_run(tmp_path / "x", REFERENCE, s, 0.3, runs[s], ids) for s in (0, 1)]
+    other = [write_run(tmp_path / "x", "resnet50-cross_entropy-uniform", s, 0.4, runs[2 + s], ids) for s in (0, 1, 2)]
+    relabelled = [write_run(tmp_path / "y", "resnet50-cross_entropy-uniform", s, 0.4, runs[2 + i], ids)
+                  for i, s in enumerate((7, 3, 5))]
+    table = compare_folders(base + other)[0].set_index("variant")
+    again = compare_folders(base + relabelled)[0].set_index("variant")
+    columns = ["test_miou", "test_miou_ci_low", "delta_miou", "delta_ci_low", "delta_ci_high", "p_value"]
+    pd.testing.assert_series_equal(table.loc["resnet50-cross_entropy-uniform", columns],
+                                   again.loc["resnet50-cross_entropy-uniform", columns])
+    row = table.loc["resnet50-cross_entropy-uniform"]
+    assert row["seeds"] == 3 and table.loc[REFERENCE, "seeds"] == 2
+    assert row["seeds_to_detect_0.01"] >= row["seeds_to_detect_0.02"] or np.isnan(row["seeds_to_detect_0.01"])
+
+
+def test_identical_configurations_differ_by_exactly_zero(tmp_path):
     rng = np.random.default_rng(4)
     ids = np.arange(40)
     per_seed = [random_confusions(rng, 1, 40, noise=n)[0] for n in (0.05, 0.3)]
-    folders = [write_run(tmp_path, "mobilenet_v3_large-cross_entropy-uniform", s, 0.3, per_seed[s], ids)
-               for s in (0, 1)]
+    folders = [write_run(tmp_path, REFERENCE, s, 0.3, per_seed[s], ids) for s in (0, 1)]
     folders += [write_run(tmp_path, "resnet50-cross_entropy-uniform", s, 0.4, per_seed[s][::-1], ids[::-1])
                 for s in (1, 0)]  # listed seed 1 first, images in reverse order
-    table, per_class = compare([f / "evaluation/metrics.json" for f in folders], [f / "training.json" for f in folders],
-                               [f / "evaluation/per_image_confusion.npz" for f in folders], CLASSES,
-                               "mobilenet_v3_large-cross_entropy-uniform", 300)
+    table, per_class = compare_folders(folders)
     twin = table.set_index("variant").loc["resnet50-cross_entropy-uniform"]
-    assert (twin["delta_miou"], twin["delta_ci_low"], twin["delta_ci_high"]) == (0, 0, 0)
-    assert twin["p_value"] == 1.0 and not twin["significant"]
-    assert twin["test_miou_ci_low"] < twin["test_miou_ci_high"]  # the replicates themselves do vary
-    twin_rows = per_class[per_class["variant"] == "resnet50-cross_entropy-uniform"]
-    assert (twin_rows[["delta_iou", "delta_ci_low", "delta_ci_high"]] == 0).all().all()
+    assert twin["delta_miou"] == 0 and twin["p_value"] == pytest.approx(1.0) and not twin["significant"]
+    assert twin["delta_ci_low"] < 0 < twin["delta_ci_high"]  # the seeds differ, so the difference is uncertain
+    assert (per_class.loc[per_class["variant"] == "resnet50-cross_entropy-uniform", "delta_iou"] == 0).all()
+
+
+def test_a_class_never_predicted_is_flagged_not_given_a_zero_width_interval(tmp_path):
+    rng = np.random.default_rng(6)
+    ids = np.arange(30)
+    blind = random_confusions(rng, 2, 30)
+    blind[..., 0] += blind[..., 2]  # every pixel of class "b" (index 2) predicted as background instead
+    blind[..., 2] = 0
+    folders = [write_run(tmp_path, REFERENCE, s, 0.3, random_confusions(rng, 1, 30)[0], ids) for s in (0, 1)]
+    folders += [write_run(tmp_path, "resnet50-cross_entropy-uniform", s, 0.4, blind[s], ids) for s in (0, 1)]
+    table, per_class = compare_folders(folders)
+    row = per_class.set_index(["variant", "class"]).loc[("resnet50-cross_entropy-uniform", "b")]
+    assert row["never_predicted"] and row["test_iou"] == 0
+    assert np.isnan(row["test_iou_ci_low"]) and np.isnan(row["test_iou_ci_high"])
+    assert row["delta_iou"] < 0 and row["delta_ci_low"] < row["delta_ci_high"]  # the reference's spread remains
+    assert not per_class["never_predicted"].drop(index=per_class.index[per_class["class"] == "b"]).any()
+    html = tmp_path / "comparison.html"
+    write_comparison(table, per_class, REFERENCE, tmp_path / "c.csv", html, tmp_path / "p.csv")
+    text = html.read_text()
+    assert "never predicted" in text and "exploratory" in text
+    assert all(note.split(":")[0] in text for note in table["power_note"])
+    power_curves(table, REFERENCE, tmp_path / "power.png")
+    assert (tmp_path / "power.png").stat().st_size > 10_000
+
+
+def test_bad_input_names_the_file_and_the_fix(disagreeing_runs):
+    root, folders = disagreeing_runs
+    with pytest.raises(ValueError, match="evaluate.reference 'resnet50-weighted_cross_entropy-uniform' was not"):
+        compare_folders(folders, reference="resnet50-weighted_cross_entropy-uniform")
+    (folders[3] / "evaluation/per_image_confusion.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="per_image_confusion.npz: missing; run the evaluate rule"):
+        compare_folders(folders)
+    other = write_run(root / "other", "resnet50-cross_entropy-uniform", 0, 0.5,
+                      random_confusions(np.random.default_rng(0), 1, 30)[0], np.arange(30))
+    with pytest.raises(ValueError, match="holds other test images than .*re-run evaluate on the same manifest"):
+        compare_folders(folders[:3] + [other])
+
+
+def test_holm_by_hand():
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max.
+    np.testing.assert_allclose(holm(np.array([0.01, 0.04, 0.03, 0.005])), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm(np.array([np.nan, 0.2, 0.5])), [np.nan, 0.4, 0.5])
+    np.testing.assert_allclose(holm(np.array([0.6, 0.7])), [1.0, 1.0])
+
+
+# Monte Carlo bounds for 300 studies: a rate of 0.05 measured within three standard errors (0.038).
+STUDIES, EFFECT_STUDIES = 300, 100
+TOLERANCE = 3 * np.sqrt(0.05 * 0.95 / STUDIES)
+
+
+@pytest.mark.parametrize("arm", ARMS, ids=lambda arm: f"{arm.name}, {arm.seeds} seeds")
+def test_calibration_on_simulated_studies_with_known_truth(arm):
+    """The real comparison code on simulated studies: wrong claims at the stated 5%, a large effect found."""
+    result = calibrate(arm, STUDIES, EFFECT_STUDIES)
+    assert abs(result.false_positive - 0.05) <= TOLERANCE, result
+    assert abs(result.difference_missed - 0.05) <= TOLERANCE, result
+    assert abs(result.interval_missed - 0.05) <= TOLERANCE, result
+    assert result.power >= 0.8, result
+    assert result.effect_missed <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / EFFECT_STUDIES), result
 
 
 def test_summary_follows_validation_not_test(disagreeing_runs, tmp_path):

@@ -31,8 +31,8 @@ def test_dry_run_plans_the_study_without_network(tmp_path):
     jobs = dict(line.split() for line in out.splitlines() if line.split()[:1] and line.split()[-1].isdigit()
                 and len(line.split()) == 2)
     assert jobs["download"] == "2" and jobs["masks"] == "8" and jobs["stats"] == "1"
-    # 12 configurations x 3 seeds; prediction figures show each configuration's first seed.
-    assert jobs["train"] == jobs["evaluate"] == "36" and jobs["prediction_figures"] == "12"
+    # 12 configurations x 5 seeds; prediction figures show each configuration's first seed.
+    assert jobs["train"] == jobs["evaluate"] == "60" and jobs["prediction_figures"] == "12"
     assert jobs["compare"] == "1"
     assert "synth" not in jobs
     assert "http://images.cocodataset.org/zips/val2014.zip" in out
@@ -209,7 +209,7 @@ def test_every_variant_is_trained_evaluated_and_reported(full_run):
                               .read_text())["seed"] == seed
     html = (full_run / "report.html").read_text()
     for name in ("summary.html", "per_class_iou.html", "class_images.png", "training_curves.png",
-                 "confusion.png", f"predictions/{variants[0]}.png", "comparison.html", "forest.png"):
+                 "confusion.png", f"predictions/{variants[0]}.png", "comparison.html", "forest.png", "power.png"):
         assert name in html, name
 
 
@@ -218,7 +218,9 @@ def test_comparison_table_ranks_by_validation_with_the_reference_at_zero(full_ru
     config = yaml.safe_load((full_run / "tiny.yaml").read_text())
     table = pd.read_csv(run / "tables" / "comparison.csv")
     columns = ["variant", "seeds", "val_miou", "test_miou", "test_miou_sd", "test_miou_ci_low", "test_miou_ci_high",
-               "delta_miou", "delta_ci_low", "delta_ci_high", "p_value", "p_holm", "significant"]
+               "delta_miou", "delta_ci_low", "delta_ci_high", "p_value", "p_holm", "significant", "covers",
+               "test_miou_image_se", "delta_image_se", "detectable_delta", "seeds_to_detect_0.01",
+               "seeds_to_detect_0.02", "power_note"]
     assert set(columns) <= set(table.columns)
     assert sorted(table["variant"]) == sorted(config["grid"]["variants"])
     assert (table["seeds"] == len(config["grid"]["seeds"])).all()

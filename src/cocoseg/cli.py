@@ -117,7 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from cocoseg.compare import compare
     from cocoseg.config import load_config
-    from cocoseg.plots import forest_plot, write_comparison
+    from cocoseg.plots import forest_plot, power_curves, write_comparison
     from cocoseg.variants import expand_variants, grid_seeds, run_dir_name
 
     config = load_config(args.configfile)
@@ -126,10 +126,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
     evaluate, out = config["evaluate"], Path(args.out_dir or f"results/{config['run']}")
     table, per_class = compare([r / "evaluation/metrics.json" for r in runs], [r / "training.json" for r in runs],
                                [r / "evaluation/per_image_confusion.npz" for r in runs], config["dataset"]["classes"],
-                               evaluate["reference"], evaluate["bootstrap"], evaluate["seed"])
-    write_comparison(table, per_class, evaluate["reference"], evaluate["bootstrap"], out / "tables/comparison.csv",
+                               evaluate["reference"])
+    write_comparison(table, per_class, evaluate["reference"], out / "tables/comparison.csv",
                      out / "tables/comparison.html", out / "tables/comparison_per_class.csv")
     forest_plot(table, per_class, evaluate["reference"], out / "figures/forest.png")
+    power_curves(table, evaluate["reference"], out / "figures/power.png")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--device", default="auto")
     sub.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the checkpoint's train.precision")
 
-    sub = step("compare", cmd_compare, "bootstrap intervals and paired comparisons of every evaluated variant "
+    sub = step("compare", cmd_compare, "intervals, paired comparisons and a power report of every evaluated variant "
                "with evaluate.reference: tables/comparison.{csv,html}, comparison_per_class.csv, figures/forest.png")
     sub.add_argument("--configfile", required=True)
     sub.add_argument("--out-dir", help="default: results/<run>")

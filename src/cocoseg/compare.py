@@ -1,23 +1,29 @@
-"""Which variant is better, and how sure: per-configuration aggregates and paired comparisons.
+"""Which variant is better, how sure, and how many seeds it would take to be surer.
 
 Reads every run's ``evaluation/metrics.json``, ``training.json`` and ``per_image_confusion.npz``
 (a run is one variant trained with one seed) and writes, one row per configuration sorted by
-validation mIoU, the test mIoU with its spread over seeds and bootstrap interval, and the paired
-difference from a reference configuration with its interval, p-value and Holm-adjusted p-value;
-then the same per class. ``cocoseg.stats`` holds the statistics.
+validation mIoU: the test mIoU with its spread over seeds and its 95% interval; the difference
+from a reference configuration with its interval, p-value and Holm-adjusted p-value; and a power
+report (the seed SD, the test-image SE, the smallest difference these seeds and images detect, and
+the seeds that 0.01 and 0.02 mIoU would take). Then the same per class, as one exploratory family.
+``cocoseg.stats`` holds the statistics.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cocoseg.stats import CONFIDENCE, Estimate, bootstrap, bootstrap_p_value, holm, percentile_interval
+from cocoseg.stats import ALPHA, Configuration, Inference, detectable_difference, difference, holm, inference, \
+    seeds_needed
 
-ALPHA = 1 - CONFIDENCE
+MIOU, MIOU_OBJECTS = 0, 1  # positions in cocoseg.stats.statistics; the classes' IoU follow
+PLANNED_DELTAS = (0.01, 0.02)
+MOST_SEEDS = 100
 
 
 def read_runs(metrics_paths: list[str | Path], training_paths: list[str | Path]) -> pd.DataFrame:
@@ -36,9 +42,12 @@ def read_confusions(paths: list[str | Path], variants: list[str]) -> dict[str, n
     stacked: dict[str, list[np.ndarray]] = {}
     reference_ids, reference_path = None, None
     for path, variant in zip(paths, variants):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: missing; run the evaluate rule for this run (snakemake {path}) before "
+                                    "comparing")
         with np.load(path) as data:
             image_ids, confusion = data["image_id"], data["confusion"]
-        order = np.argsort(image_ids, kind="stable")  # every run's images in one order: draws are shared
+        order = np.argsort(image_ids, kind="stable")  # every run's images in one order, paired image by image
         if reference_ids is None:
             reference_ids, reference_path = image_ids[order], path
         elif not np.array_equal(image_ids[order], reference_ids):
@@ -48,86 +57,142 @@ def read_confusions(paths: list[str | Path], variants: list[str]) -> dict[str, n
     return {variant: np.stack(matrices) for variant, matrices in stacked.items()}
 
 
-def _interval(replicates: np.ndarray) -> tuple[float, float]:
-    low, high = percentile_interval(replicates)
-    return float(low), float(high)
+def _interval(result: Inference, k: int) -> tuple[float, float]:
+    return float(result.low[k]), float(result.high[k])
 
 
-def _difference(estimate: Estimate, reference: Estimate) -> dict[str, float]:
-    differences = estimate.miou_replicates - reference.miou_replicates
-    low, high = _interval(differences)
-    return {"delta_miou": estimate.miou - reference.miou, "delta_ci_low": low, "delta_ci_high": high,
-            "p_value": float(bootstrap_p_value(differences))}
+def _difference_columns(result: Inference | None) -> dict[str, float]:
+    if result is None:  # the reference against itself
+        return {"delta_miou": 0.0, "delta_se": 0.0, "delta_image_se": 0.0, "delta_df": np.nan, "delta_ci_low": 0.0,
+                "delta_ci_high": 0.0, "p_value": np.nan}
+    low, high = _interval(result, MIOU)
+    return {"delta_miou": float(result.estimate[MIOU]), "delta_se": float(result.se[MIOU]),
+            "delta_image_se": float(np.sqrt(result.image_var[MIOU])), "delta_df": float(result.df[MIOU]),
+            "delta_ci_low": low, "delta_ci_high": high, "p_value": float(result.p_value[MIOU])}
 
 
-def _with_holm(frame: pd.DataFrame, is_reference: pd.Series, family: str | None = None) -> pd.DataFrame:
-    """Holm over the comparisons with the reference (its own rows are none), within each ``family`` group
-    when given; significant at the 5% level."""
-    frame["p_value"] = frame["p_value"].where(~is_reference)
-    groups = frame.groupby(family, sort=False)["p_value"] if family else [(None, frame["p_value"])]
-    frame["p_holm"] = np.nan
-    for _, p in groups:
-        frame.loc[p.index, "p_holm"] = holm(p.to_numpy())
+def _power_columns(configuration: Configuration, reference: Configuration, result: Inference | None) -> dict:
+    """The smallest difference detectable at 80% power now, and the seeds per configuration 0.01 and 0.02 need."""
+    columns = {"detectable_delta": np.nan, **{f"seeds_to_detect_{d}": np.nan for d in PLANNED_DELTAS}}
+    if result is None or configuration.seeds < 2 or reference.seeds < 2:
+        return columns
+    seed_a, seed_r = configuration.seed_var[MIOU], reference.seed_var[MIOU]
+    image = float(result.image_var[MIOU])
+    columns["detectable_delta"] = float(detectable_difference(seed_a, configuration.seeds, seed_r, reference.seeds,
+                                                              image, configuration.images))
+    for delta in PLANNED_DELTAS:
+        columns[f"seeds_to_detect_{delta}"] = seeds_needed(delta, seed_a, seed_r, image, configuration.images,
+                                                           MOST_SEEDS)
+    return columns
+
+
+def power_note(row: pd.Series, reference: str) -> str:
+    """One sentence a reader can act on: what this comparison can detect, and what more seeds would buy."""
+    name = row["variant"]
+    if name == reference:
+        return (f"{name} is the reference: {row['seeds']} seed(s), seed SD {row['test_miou_sd']:.3f}, "
+                f"test-image SE {row['test_miou_image_se']:.3f}.")
+    if not np.isfinite(row["detectable_delta"]):
+        return (f"{name}: with one seed (here or in the reference) the seed spread is unknown, so its interval "
+                "covers the test images only; train 2 or more seeds of both to size a difference.")
+    wanted = []
+    for delta in PLANNED_DELTAS:
+        seeds = row[f"seeds_to_detect_{delta}"]
+        wanted.append(f"{delta:g} would take {seeds:.0f} seeds per configuration" if np.isfinite(seeds) else
+                      f"{delta:g} is out of reach of {MOST_SEEDS} seeds on these {row['test_images']} test images")
+    return (f"{name}: {row['seeds']} seeds (seed SD {row['test_miou_sd']:.3f}; test-image SE of the difference "
+            f"{row['delta_image_se']:.3f}) detect a difference of {row['detectable_delta']:.3f} mIoU with 80% power; "
+            f"{wanted[1]}, and {wanted[0]}.")
+
+
+def _with_holm(frame: pd.DataFrame) -> pd.DataFrame:
+    """Holm over every comparison in the frame (the reference's own rows have no p-value); significant at 5%."""
+    frame["p_holm"] = holm(frame["p_value"].to_numpy())
     frame["significant"] = frame["p_holm"] < ALPHA
     return frame
 
 
-def comparison_table(runs: pd.DataFrame, estimates: dict[str, Estimate], reference: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Result:
+    """One configuration's runs, its own interval, and its difference from the reference (None for the reference)."""
+
+    configuration: Configuration
+    own: Inference
+    difference: Inference | None
+
+    @classmethod
+    def of(cls, configuration: Configuration, reference: Configuration | None) -> Result:
+        delta = None if reference is None else difference(configuration, reference)
+        return cls(configuration, inference(configuration), delta)
+
+
+def configuration_row(variant: str, group: pd.DataFrame, result: Result, reference: Configuration) -> dict:
+    configuration, own = result.configuration, result.own
+    low, high = _interval(own, MIOU)
+    objects_low, objects_high = _interval(own, MIOU_OBJECTS)
+    return {
+        "variant": variant, "seeds": configuration.seeds, "seed_values": " ".join(map(str, group["seed"])),
+        "test_images": configuration.images, "val_miou": group["val_miou"].mean(),
+        "test_miou": float(own.estimate[MIOU]), "test_miou_sd": float(configuration.seed_sd[MIOU]),
+        "test_miou_per_seed": " ".join(f"{value:.4f}" for value in configuration.values[:, MIOU]),
+        "test_miou_image_se": float(np.sqrt(own.image_var[MIOU])), "test_miou_se": float(own.se[MIOU]),
+        "test_miou_ci_low": low, "test_miou_ci_high": high,
+        "covers": "test images and seeds" if configuration.seeds > 1 else "test images only (one seed)",
+        "test_miou_objects": float(own.estimate[MIOU_OBJECTS]), "test_miou_objects_ci_low": objects_low,
+        "test_miou_objects_ci_high": objects_high,
+        **_difference_columns(result.difference), **_power_columns(configuration, reference, result.difference),
+        "steps": group["steps"].mean(), "images": group["images"].mean(), "train_minutes": group["train_minutes"].mean(),
+    }
+
+
+def comparison_table(runs: pd.DataFrame, results: dict[str, Result], reference: str) -> pd.DataFrame:
     """One row per configuration, sorted by validation mIoU (the choice is never made on test)."""
-    if reference not in estimates:
-        raise ValueError(f"evaluate.reference {reference!r} was not evaluated; use one of {', '.join(estimates)}")
-    rows = []
-    for variant, group in runs.groupby("variant", sort=False):
-        estimate, group = estimates[variant], group.sort_values("seed")
-        low, high = _interval(estimate.miou_replicates)
-        objects_low, objects_high = _interval(estimate.miou_objects_replicates)
-        rows.append({
-            "variant": variant, "seeds": len(group), "seed_values": " ".join(map(str, group["seed"])),
-            "val_miou": group["val_miou"].mean(), "test_miou": estimate.miou,
-            "test_miou_sd": group["test_miou"].std(ddof=1) if len(group) > 1 else np.nan,
-            "test_miou_per_seed": " ".join(f"{value:.4f}" for value in group["test_miou"]),
-            "test_miou_ci_low": low, "test_miou_ci_high": high,
-            "test_miou_objects": estimate.miou_objects, "test_miou_objects_ci_low": objects_low,
-            "test_miou_objects_ci_high": objects_high,
-            **_difference(estimate, estimates[reference]),
-            "steps": group["steps"].mean(), "images": group["images"].mean(),
-            "train_minutes": group["train_minutes"].mean(),
-        })
+    base = results[reference].configuration
+    rows = [configuration_row(variant, group.sort_values("seed"), results[variant], base)
+            for variant, group in runs.groupby("variant", sort=False)]
     frame = pd.DataFrame(rows).sort_values("val_miou", ascending=False, kind="stable").reset_index(drop=True)
-    return _with_holm(frame, frame["variant"] == reference)
+    frame = _with_holm(frame)
+    frame["power_note"] = [power_note(row, reference) for _, row in frame.iterrows()]
+    return frame
 
 
-def per_class_table(estimates: dict[str, Estimate], reference: str, classes: list[str],
-                    order: list[str]) -> pd.DataFrame:
-    """One row per configuration and class: test IoU, its interval, the paired difference from the reference,
-    with Holm's adjustment over the configurations for each class."""
-    names = ["background", *classes]
-    base = estimates[reference]
+def per_class_table(results: dict[str, Result], classes: list[str], order: list[str]) -> pd.DataFrame:
+    """One row per configuration and class: test IoU, its interval, the difference from the reference; Holm over
+    every (configuration, class) comparison at once. Exploratory: the per-class family is large."""
     rows = []
     for variant in order:
-        estimate = estimates[variant]
-        low, high = percentile_interval(estimate.iou_replicates)
-        differences = estimate.iou_replicates - base.iou_replicates
-        delta_low, delta_high = percentile_interval(differences)
-        p = bootstrap_p_value(differences)
-        for c, name in enumerate(names):
-            rows.append({"variant": variant, "class": name, "test_iou": estimate.iou[c], "test_iou_ci_low": low[c],
-                         "test_iou_ci_high": high[c], "delta_iou": estimate.iou[c] - base.iou[c],
-                         "delta_ci_low": delta_low[c], "delta_ci_high": delta_high[c], "p_value": p[c]})
-    frame = pd.DataFrame(rows)
-    # One family per class: the configurations against the reference on that class. A family of every
-    # class at once (66 in the study) would put even the smallest bootstrap p-value, 2 / (B + 1),
-    # above 0.05 after Holm's factor.
-    return _with_holm(frame, frame["variant"] == reference, family="class")
+        result = results[variant]
+        own, delta, never = result.own, result.difference, result.configuration.never_predicted
+        for c, name in enumerate(["background", *classes]):
+            k = 2 + c
+            rows.append({
+                "variant": variant, "class": name, "test_iou": own.estimate[k], "never_predicted": bool(never[k]),
+                "test_iou_ci_low": np.nan if never[k] else own.low[k],
+                "test_iou_ci_high": np.nan if never[k] else own.high[k],
+                "delta_iou": 0.0 if delta is None else delta.estimate[k],
+                "delta_ci_low": 0.0 if delta is None else delta.low[k],
+                "delta_ci_high": 0.0 if delta is None else delta.high[k],
+                "p_value": np.nan if delta is None else delta.p_value[k]})
+    return _with_holm(pd.DataFrame(rows))
+
+
+def compare_confusions(runs: pd.DataFrame, confusions: dict[str, np.ndarray], classes: list[str],
+                       reference: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The comparison table and its per-class companion from runs already read (see ``compare``)."""
+    if reference not in confusions:
+        raise ValueError(f"evaluate.reference {reference!r} was not evaluated; use one of "
+                         f"{', '.join(confusions)} (or add it to the grid)")
+    configurations = {variant: Configuration.from_confusions(stack) for variant, stack in confusions.items()}
+    base = configurations[reference]
+    results = {variant: Result.of(c, None if variant == reference else base) for variant, c in configurations.items()}
+    table = comparison_table(runs, results, reference)
+    return table, per_class_table(results, classes, list(table["variant"]))
 
 
 def compare(metrics_paths: list[str | Path], training_paths: list[str | Path], confusion_paths: list[str | Path],
-            classes: list[str], reference: str, resamples: int = 2000,
-            seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+            classes: list[str], reference: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The comparison table and its per-class companion (see the module's text)."""
     runs = read_runs(metrics_paths, training_paths).assign(confusion_path=[str(p) for p in confusion_paths])
-    # Stacked by seed, so that runs of equally many seeds pair seed with seed in the two-level bootstrap.
     runs = runs.sort_values(["variant", "seed"], kind="stable")
-    estimates = bootstrap(read_confusions(list(runs["confusion_path"]), list(runs["variant"])), resamples, seed)
-    table = comparison_table(runs, estimates, reference)
-    return table, per_class_table(estimates, reference, classes, list(table["variant"]))
+    confusions = read_confusions(list(runs["confusion_path"]), list(runs["variant"]))
+    return compare_confusions(runs, confusions, classes, reference)

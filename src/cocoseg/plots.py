@@ -106,19 +106,106 @@ def training_curves(metrics_csvs: dict[str, str | Path], path: str | Path) -> No
     save_figure(fig, path)
 
 
-def write_comparison(table: pd.DataFrame, per_class: pd.DataFrame, reference: str, resamples: int,
-                     csv: str | Path, html: str | Path, per_class_csv: str | Path) -> None:
+def _formatted(value: float, digits: int = 3) -> str:
+    return "–" if not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _span(low: float, high: float) -> str:
+    return "–" if not (np.isfinite(low) and np.isfinite(high)) else f"[{low:.3f}, {high:.3f}]"
+
+
+def _seed_count(value: float) -> str:
+    return "more than 100" if not np.isfinite(value) else f"{value:.0f}"
+
+
+def comparison_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as a reader needs it: each estimate beside its interval, the power figures last."""
+    return pd.DataFrame({
+        "variant": table["variant"], "seeds": table["seeds"], "interval covers": table["covers"],
+        "val mIoU": table["val_miou"].map(_formatted), "test mIoU": table["test_miou"].map(_formatted),
+        "95% interval": [_span(lo, hi) for lo, hi in zip(table["test_miou_ci_low"], table["test_miou_ci_high"])],
+        "seed SD": table["test_miou_sd"].map(_formatted), "test-image SE": table["test_miou_image_se"].map(_formatted),
+        "difference": table["delta_miou"].map(lambda v: f"{v:+.3f}"),
+        "difference 95% interval": [_span(lo, hi) for lo, hi in zip(table["delta_ci_low"], table["delta_ci_high"])],
+        "p": table["p_value"].map(_formatted), "p (Holm)": table["p_holm"].map(_formatted),
+        "significant": table["significant"].map({True: "yes", False: "no"}),
+        "detectable at 80% power": table["detectable_delta"].map(_formatted),
+        "seeds for 0.02": table["seeds_to_detect_0.02"].map(_seed_count),
+        "seeds for 0.01": table["seeds_to_detect_0.01"].map(_seed_count),
+    })
+
+
+def comparison_note(reference: str) -> str:
+    return (
+        f"One row per configuration, ranked by validation mIoU (mean over its seeds); the highlighted row is the one "
+        f"validation chooses, and the test numbers only report on that choice. Test mIoU is the mean over the row's "
+        f"seeds. Its 95% interval covers two sources of chance: which training runs (seeds) happened, and which test "
+        f"images were drawn from the same distribution; it does not cover the choice of hyper-parameters, the "
+        f"training data, or another dataset. With one seed it covers the test images only, as the row says. The "
+        f"difference is from {reference}, paired image by image and unpaired over seeds (runs share no "
+        f"initialisation), with a Welch-Satterthwaite t interval and p-value; p (Holm) adjusts for all the rows' "
+        f"comparisons at once, and significant means p (Holm) &lt; 0.05. Not significant does not mean equal: the "
+        f"true difference may lie anywhere in its interval, and differences smaller than the 'detectable at 80% power' "
+        f"column are likely to be missed. Seed SD is the spread of one run's test mIoU; test-image SE is the part of "
+        f"the error that comes from the test images; the last two columns say how many seeds per configuration a "
+        f"difference of 0.02 or 0.01 mIoU would take on these test images. docs/study.md has the method and its "
+        f"calibration.")
+
+
+def per_class_view(per_class: pd.DataFrame) -> pd.DataFrame:
+    never = per_class["never_predicted"].astype(bool)
+    return pd.DataFrame({
+        "variant": per_class["variant"], "class": per_class["class"],
+        "test IoU": per_class["test_iou"].map(_formatted),
+        "95% interval": ["never predicted" if flag else _span(lo, hi) for flag, lo, hi in
+                         zip(never, per_class["test_iou_ci_low"], per_class["test_iou_ci_high"])],
+        "difference": per_class["delta_iou"].map(lambda v: "–" if not np.isfinite(v) else f"{v:+.3f}"),
+        "difference 95% interval": [_span(lo, hi) for lo, hi in zip(per_class["delta_ci_low"],
+                                                                     per_class["delta_ci_high"])],
+        "p (Holm)": per_class["p_holm"].map(_formatted),
+        "significant": per_class["significant"].map({True: "yes", False: "no"}),
+    })
+
+
+def write_comparison(table: pd.DataFrame, per_class: pd.DataFrame, reference: str, csv: str | Path,
+                     html: str | Path, per_class_csv: str | Path) -> None:
     """tables/comparison.{csv,html} and tables/comparison_per_class.csv (see ``cocoseg.compare``)."""
-    note = (f"One row per configuration, ranked by validation mIoU (mean over seeds); the highlighted row is the "
-            f"one validation chooses. Test mIoU is the mean over seeds, with the standard deviation over seeds and "
-            f"a 95% percentile interval from {resamples} bootstrap resamples of the test images (and of the seeds, "
-            f"when there are several). delta_miou is the paired difference from {reference} on the same "
-            f"resamples, with its 95% interval, a two-sided bootstrap p-value and Holm's adjustment over all "
-            f"comparisons; significant means p_holm < 0.05. The intervals do not cover the choice of "
-            f"hyper-parameters or the dataset itself.")
     write_csv(table, csv)
     write_csv(per_class, per_class_csv)
-    write_text(_highlighted_html(table, 0, note), html)
+    sentences = "\n".join(f"<li>{note}</li>" for note in table["power_note"])
+    exploratory = ("<h3>Per class (exploratory)</h3>\n<p>The same comparison for each class's IoU. Holm's adjustment "
+                   "runs over every (configuration, class) pair at once; read these rows as leads to follow up, not "
+                   "as findings. A class a configuration never predicts has IoU 0 with no spread to estimate, and "
+                   "is marked so rather than given an interval.</p>\n")
+    write_text(_highlighted_html(comparison_view(table), 0, comparison_note(reference))
+               + f"\n<h3>Power: what these seeds can detect</h3>\n<ul>\n{sentences}\n</ul>\n"
+               + exploratory + per_class_view(per_class).style.hide(axis="index").to_html(), html)
+
+
+def power_curves(table: pd.DataFrame, reference: str, path: str | Path, most_seeds: int = 20) -> None:
+    """For each configuration against the reference: the difference detectable at 80% power by seeds per
+    configuration, on the study's test images, from its estimated seed SDs and test-image SE."""
+    from cocoseg.stats import detectable_difference
+
+    reference_sd = float(table.set_index("variant").loc[reference, "test_miou_sd"])
+    seeds = np.arange(2, most_seeds + 1)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    for _, row in table[np.isfinite(table["detectable_delta"])].iterrows():
+        curve = detectable_difference(row["test_miou_sd"] ** 2, seeds, reference_sd**2, seeds,
+                                      row["delta_image_se"] ** 2, int(row["test_images"]))
+        line, = ax.plot(seeds, curve, label=row["variant"])
+        ax.scatter([row["seeds"]], [row["detectable_delta"]], color=line.get_color(), zorder=3)
+    for delta in (0.01, 0.02):
+        ax.axhline(delta, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(f"{delta}", (most_seeds, delta), fontsize=7, va="bottom", ha="right")
+    ax.set(xlabel="seeds per configuration", ylabel="difference in test mIoU detectable at 80% power",
+           title="How many seeds a difference takes (dots: this study)", yscale="log")
+    ax.grid(alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "needs 2 or more seeds per configuration", transform=ax.transAxes, ha="center")
+    save_figure(fig, path)
 
 
 def forest_plot(table: pd.DataFrame, per_class: pd.DataFrame, reference: str, path: str | Path) -> None:
@@ -150,7 +237,8 @@ def forest_plot(table: pd.DataFrame, per_class: pd.DataFrame, reference: str, pa
         ax.axis("off")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
-    fig.suptitle(f"Test IoU difference from {reference}, with paired 95% bootstrap intervals", fontsize=10)
+    fig.suptitle(f"Test IoU difference from {reference}, with 95% intervals (seeds and test images); the per-class "
+                 "panels are exploratory", fontsize=10)
     save_figure(fig, path)
 
 

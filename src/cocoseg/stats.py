@@ -1,27 +1,38 @@
-"""How sure a result is: bootstrap intervals, paired comparisons and Holm's adjustment.
+"""How sure a result is: variance components, t intervals and tests that keep their level with few seeds.
 
 Everything comes from per-image confusion matrices (rows truth, columns prediction). A
 configuration (backbone-loss-sampling) trained with S seeds has S x N matrices for the N test
-images; its test mIoU is the mean over seeds of each seed's mIoU on the whole split.
+images; its statistic (test mIoU, or one class's IoU) is the mean over seeds of each seed's value
+on the whole split. Its error has two parts (``docs/study.md`` gives the method and references):
 
-A bootstrap replicate draws the N test images with replacement and, with several seeds, the S
-seeds with replacement too (a two-level bootstrap: the spread of test images and of training
-runs). With one seed the seed draw is always that seed, so the replicate is exactly the image
-bootstrap. Every configuration sees the same image draws, and configurations with equally many
-seeds the same seed draws, so differences between configurations are paired.
+- **seeds**: runs of one configuration differ; estimated by the variance of the S per-seed
+  values (S - 1 degrees of freedom). It also holds the part of the test-image error that differs
+  from seed to seed.
+- **test images**: the test split is one sample of images, shared by every run. The delete-one
+  jackknife over images gives each run's image variance and the covariances between runs; the
+  part shared by all of a configuration's seeds (the mean covariance between distinct runs) is
+  the image component, so nothing is counted twice.
 
-What the intervals cover: which test images were drawn, and (with several seeds) which training
-runs; not the choice of hyper-parameters, nor the dataset itself.
+The two are added, and Satterthwaite's degrees of freedom give a t interval. A difference between
+two configurations is unpaired at the seed level (seed s of one configuration shares nothing with
+seed s of another: the seed parts add, and seed sets may differ) and paired by test image (the
+image component is that of the per-image difference). With one seed the seed part cannot be
+estimated: the interval then covers the test images only, and says so.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special as scipy_special
+from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
+POWER = 0.8
 
 
 def iou_per_class(confusion: np.ndarray) -> np.ndarray:
@@ -40,82 +51,223 @@ def nanmean(values: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.nanmean(values, axis=axis)
 
 
-def draw_image_counts(rng: np.random.Generator, resamples: int, images: int) -> np.ndarray:
-    """How often each image is drawn in each replicate: ``resamples`` x ``images``, rows summing to ``images``."""
-    return rng.multinomial(images, np.full(images, 1 / images), size=resamples)
-
-
-def seed_counts(uniform: np.ndarray, seeds: int) -> np.ndarray:
-    """How often each of ``seeds`` runs is drawn per replicate, from uniforms (B x at least ``seeds``)."""
-    drawn = np.floor(uniform[:, :seeds] * seeds).astype(int)
-    return (drawn[:, :, None] == np.arange(seeds)).sum(axis=1)
-
-
-@dataclass
-class Estimate:
-    """Point values (over all images, mean over seeds) and their bootstrap replicates."""
-
-    miou: float
-    miou_objects: float
-    iou: np.ndarray  # C
-    miou_replicates: np.ndarray  # B
-    miou_objects_replicates: np.ndarray  # B
-    iou_replicates: np.ndarray  # B x C
-
-
-def _seed_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted mean over seeds (axis 1) of B x S (x C) values, NaNs left out."""
-    if values.ndim == 3:
-        weights = weights[:, :, None]
-    finite = np.isfinite(values)
-    total = np.where(finite, values, 0.0) * weights
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return total.sum(axis=1) / np.where(finite, weights, 0).sum(axis=1)
-
-
-def _metrics(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def statistics(confusion: np.ndarray) -> np.ndarray:
+    """mIoU, mIoU without background, then IoU per class: (..., C, C) -> (..., 2 + C)."""
     iou = iou_per_class(confusion)
-    return nanmean(iou), nanmean(iou[..., 1:]), iou
+    return np.concatenate([nanmean(iou)[..., None], nanmean(iou[..., 1:])[..., None], iou], axis=-1)
 
 
-def estimate(confusions: np.ndarray, image_counts: np.ndarray, seed_draws: np.ndarray) -> Estimate:
-    """One configuration's estimate from its S x N x C x C confusions and the replicates' draws.
+def jackknife(confusions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's statistics on the whole split, and with each image left out in turn.
 
-    ``image_counts`` is B x N (``draw_image_counts``), ``seed_draws`` B x S (``seed_counts``).
+    ``confusions`` is S x N x C x C; returns S x K and S x N x K (K = 2 + C, see ``statistics``).
     """
-    seeds, images, classes, _ = confusions.shape
-    flat = confusions.reshape(seeds, images, classes * classes).astype(np.float64)
-    whole = flat.sum(axis=1).reshape(seeds, classes, classes)
-    miou, miou_objects, iou = _metrics(whole)
-    # One matrix product: every replicate's image counts times every seed's per-image matrices.
-    resampled = image_counts.astype(np.float64) @ flat.transpose(1, 0, 2).reshape(images, -1)
-    r_miou, r_objects, r_iou = _metrics(resampled.reshape(len(image_counts), seeds, classes, classes))
-    return Estimate(float(nanmean(miou, 0)), float(nanmean(miou_objects, 0)), nanmean(iou, 0),
-                    _seed_mean(r_miou, seed_draws), _seed_mean(r_objects, seed_draws), _seed_mean(r_iou, seed_draws))
+    whole = confusions.astype(np.float64).sum(axis=1)
+    return statistics(whole), statistics(whole[:, None] - confusions)
 
 
-def percentile_interval(replicates: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
-    """The percentile interval over axis 0, NaN replicates left out."""
-    tail = (1 - confidence) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        low, high = np.nanpercentile(replicates, [tail, 100 - tail], axis=0)
-    return low, high
+@dataclass(frozen=True)
+class Configuration:
+    """One configuration's runs on the same N test images, for K statistics at once."""
+
+    values: np.ndarray  # S x K: each seed's statistics on the whole test split
+    deviation: np.ndarray  # N x K: jackknife deviations, mean over seeds, scaled so that sum of squares = variance
+    run_image_var: np.ndarray  # K: each run's own jackknife variance, mean over seeds
+
+    @classmethod
+    def from_confusions(cls, confusions: np.ndarray) -> Configuration:
+        values, left_out = jackknife(confusions)
+        # A statistic undefined without image i (the class only there) moves nothing: deviation 0.
+        centred = left_out - nanmean(left_out, axis=1)[:, None]
+        centred = np.where(np.isfinite(centred), centred, 0.0)
+        images = confusions.shape[1]
+        scaled = centred * np.sqrt((images - 1) / images)
+        return cls(values, scaled.mean(axis=0), (scaled**2).sum(axis=1).mean(axis=0))
+
+    @property
+    def seeds(self) -> int:
+        return len(self.values)
+
+    @property
+    def images(self) -> int:
+        return len(self.deviation)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.values.mean(axis=0)
+
+    @property
+    def seed_var(self) -> np.ndarray:
+        """Variance of one seed's value around the configuration's (NaN with one seed)."""
+        if self.seeds < 2:
+            return np.full(self.values.shape[1], np.nan)
+        return self.values.var(axis=0, ddof=1)
+
+    @property
+    def seed_sd(self) -> np.ndarray:
+        return np.sqrt(self.seed_var)
+
+    @property
+    def image_var_of_mean(self) -> np.ndarray:
+        """Jackknife variance over test images of the mean over seeds."""
+        return (self.deviation**2).sum(axis=0)
+
+    @property
+    def interaction_var_of_mean(self) -> np.ndarray:
+        """The seed-specific part of ``image_var_of_mean``, already in the seed variance (0 with one seed).
+
+        Under image effects common to the seeds plus seed-specific ones, the mean covariance between
+        distinct runs is the common part; the rest of each run's variance is seed-specific.
+        """
+        if self.seeds < 2:
+            return np.zeros_like(self.run_image_var)
+        return np.maximum(self.run_image_var - self.image_var_of_mean, 0) / (self.seeds - 1)
+
+    @property
+    def never_predicted(self) -> np.ndarray:
+        """Per statistic: a class that no seed ever predicts (its IoU is 0 with no spread to estimate)."""
+        per_class = (self.values[:, 2:] == 0).all(axis=0) & (self.run_image_var[2:] == 0)
+        return np.concatenate([[False, False], per_class])
 
 
-def bootstrap_p_value(differences: np.ndarray) -> np.ndarray:
-    """Two-sided bootstrap p-value of "no difference", over axis 0: twice the smaller tail at zero.
+@dataclass(frozen=True)
+class Inference:
+    """An estimate with its variance components and 95% interval (arrays over statistics)."""
 
-    With the add-one correction (Davison & Hinkley 1997), so no p-value is 0 from finitely many
-    replicates; a difference that is 0 in every replicate gets 1. NaN replicates are left out.
-    """
-    finite = np.isfinite(differences)
-    count = finite.sum(axis=0)
-    below = ((differences <= 0) & finite).sum(axis=0)
-    above = ((differences >= 0) & finite).sum(axis=0)
+    estimate: np.ndarray
+    seed_var: np.ndarray  # the seed component of the estimate's variance (0 where it cannot be estimated)
+    image_var: np.ndarray  # the test-image component
+    df: np.ndarray  # Satterthwaite's degrees of freedom
+    half_width: np.ndarray
+
+    @property
+    def se(self) -> np.ndarray:
+        return np.sqrt(self.seed_var + self.image_var)
+
+    @property
+    def low(self) -> np.ndarray:
+        return self.estimate - self.half_width
+
+    @property
+    def high(self) -> np.ndarray:
+        return self.estimate + self.half_width
+
+    @property
+    def p_value(self) -> np.ndarray:
+        """Two-sided t test of 0 with ``df``; 1 where estimate and standard error are both 0, NaN for a nonzero
+        exact value."""
+        se = self.se
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = 2 * scipy_stats.t.sf(np.abs(self.estimate) / se, _finite_df(self.df))
+        return np.where(se > 0, p, np.where(self.estimate == 0, 1.0, np.nan))
+
+
+def _finite_df(df: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(df), df, np.inf)
+
+
+def t_quantile(q: float, df: np.ndarray) -> np.ndarray:
+    return scipy_stats.t.ppf(q, _finite_df(df))
+
+
+def satterthwaite(components: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Degrees of freedom of a sum of independent variance estimates, each given with its own df."""
+    total = sum(v for v, _ in components)
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = 2 * np.minimum(below + 1, above + 1) / (count + 1)
-    return np.where(count > 0, np.minimum(p, 1.0), np.nan)
+        denominator = sum(v**2 / df for v, df in components)
+        return np.where(denominator > 0, total**2 / np.where(denominator > 0, denominator, 1), np.inf)
+
+
+def generalized_half_width(seed_var: np.ndarray, seed_df: float, image_var: np.ndarray,
+                           points: int = 256) -> np.ndarray:
+    """Half-width h of the 95% generalized confidence interval: P(|Z| sqrt(seed_var df / X + image_var) <= h)
+    = 0.95, with Z standard normal and X chi-square with ``seed_df`` degrees of freedom (Weerahandi 1993).
+
+    This carries the uncertainty of a seed variance estimated from 1 or 2 degrees of freedom into the
+    interval, which Satterthwaite's df does not when that estimate happens to be small beside a
+    well-determined image part (its intervals missed 12% of the time with 2 seeds in simulation).
+    The integral over X is a midpoint rule on its quantiles; h is found by bisection.
+    """
+    if not np.isfinite(seed_df):
+        return scipy_stats.norm.ppf(1 - ALPHA / 2) * np.sqrt(seed_var + image_var)
+    ratio = _chi2_midpoints(seed_df, points)
+    scale = np.sqrt(np.asarray(seed_var)[..., None] / ratio + np.asarray(image_var)[..., None])
+    # Bracketed by the normal quantile at the smallest scale and a t with seed_df at the seed part alone.
+    low = scipy_stats.norm.ppf(1 - ALPHA / 2) * scale.min(axis=-1)
+    high = t_quantile(1 - ALPHA / 2, seed_df) * np.sqrt(np.asarray(seed_var) + np.asarray(image_var)) * 1.5
+    for _ in range(32):
+        middle = (low + high) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            missed = 2 * scipy_special.ndtr(-middle[..., None] / scale).mean(axis=-1)
+        too_narrow = missed > ALPHA
+        low, high = np.where(too_narrow, middle, low), np.where(too_narrow, high, middle)
+    return np.where(scale.max(axis=-1) > 0, high, 0.0)
+
+
+@functools.cache
+def _chi2_midpoints(df: float, points: int) -> np.ndarray:
+    """X / df at the midpoints of ``points`` equal-probability bins of a chi-square with ``df``."""
+    return scipy_stats.chi2.ppf((np.arange(points) + 0.5) / points, df) / df
+
+
+def _seed_component(configuration: Configuration) -> tuple[np.ndarray, float]:
+    if configuration.seeds < 2:
+        return np.zeros(configuration.values.shape[1]), np.inf
+    return configuration.seed_var / configuration.seeds, configuration.seeds - 1
+
+
+def inference(configuration: Configuration) -> Inference:
+    """The configuration's mean over seeds, with seed and shared test-image variance, and its generalized interval."""
+    seed_part, seed_df = _seed_component(configuration)
+    image_part = np.maximum(configuration.image_var_of_mean - configuration.interaction_var_of_mean, 0)
+    df = satterthwaite([(seed_part, seed_df), (image_part, configuration.images - 1)])
+    return Inference(configuration.mean, seed_part, image_part, df,
+                     generalized_half_width(seed_part, seed_df, image_part))
+
+
+def difference_image_var(a: Configuration, b: Configuration) -> np.ndarray:
+    """Test-image variance of a's mean minus b's, paired image by image, without the seed-specific parts."""
+    paired = ((a.deviation - b.deviation) ** 2).sum(axis=0)
+    return np.maximum(paired - a.interaction_var_of_mean - b.interaction_var_of_mean, 0)
+
+
+def difference(a: Configuration, b: Configuration) -> Inference:
+    """a's mean minus b's, unpaired over seeds and paired over test images: a Welch-Satterthwaite t interval."""
+    if a.images != b.images:
+        raise ValueError(f"the configurations were evaluated on different numbers of test images: {a.images}, "
+                         f"{b.images}")
+    (seed_a, df_a), (seed_b, df_b) = _seed_component(a), _seed_component(b)
+    image_part = difference_image_var(a, b)
+    df = satterthwaite([(seed_a, df_a), (seed_b, df_b), (image_part, a.images - 1)])
+    seed_part = seed_a + seed_b
+    return Inference(a.mean - b.mean, seed_part, image_part, df,
+                     t_quantile(1 - ALPHA / 2, df) * np.sqrt(seed_part + image_part))
+
+
+def detectable_difference(seed_var_a: np.ndarray, seeds_a: np.ndarray, seed_var_b: np.ndarray,
+                          seeds_b: np.ndarray, image_var: np.ndarray, images: int,
+                          power: float = POWER) -> np.ndarray:
+    """The smallest true difference the two-sided 5% t test finds with probability ``power``.
+
+    The usual approximation (t_{1-alpha/2} + t_{power}) x SE, with the SE and Satterthwaite df the
+    test would have with these seed counts and these variance components.
+    """
+    seed_a, seed_b = seed_var_a / seeds_a, seed_var_b / seeds_b
+    df = satterthwaite([(seed_a, seeds_a - 1), (seed_b, seeds_b - 1), (image_var, images - 1)])
+    se = np.sqrt(seed_a + seed_b + image_var)
+    return (t_quantile(1 - ALPHA / 2, df) + t_quantile(power, df)) * se
+
+
+def seeds_needed(delta: float, seed_var_a: float, seed_var_b: float, image_var: float, images: int,
+                 most: int = 100) -> float:
+    """Seeds per configuration for 80% power to detect ``delta`` on these test images; NaN beyond ``most``
+    (the test images' own error, which more seeds do not shrink, may put ``delta`` out of reach)."""
+    if not np.isfinite(seed_var_a + seed_var_b + image_var):
+        return np.nan
+    seeds = np.arange(2, most + 1, dtype=np.float64)
+    detectable = detectable_difference(seed_var_a, seeds, seed_var_b, seeds, image_var, images)
+    enough = np.flatnonzero(detectable <= delta)
+    return float(seeds[enough[0]]) if len(enough) else np.nan
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:
@@ -127,18 +279,3 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     scaled = (len(order) - np.arange(len(order))) * p[order]
     adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
     return adjusted
-
-
-def bootstrap(confusions: dict[str, np.ndarray], resamples: int = 2000, seed: int = 0) -> dict[str, Estimate]:
-    """Estimates of every configuration (name -> S x N x C x C) from shared, seeded draws.
-
-    The images are drawn first, then one uniform per replicate and seed position, so that the
-    image draws do not depend on the number of seeds.
-    """
-    images = {c.shape[1] for c in confusions.values()}
-    if len(images) != 1:
-        raise ValueError(f"the configurations were evaluated on different numbers of test images: {sorted(images)}")
-    rng = np.random.default_rng(seed)
-    image_counts = draw_image_counts(rng, resamples, images.pop())
-    uniform = rng.random((resamples, max(c.shape[0] for c in confusions.values())))
-    return {name: estimate(c, image_counts, seed_counts(uniform, c.shape[0])) for name, c in confusions.items()}

@@ -35,17 +35,16 @@ rule compare:
                           caption="../../report/comparison.rst"),
         per_class=f"{RUN}/tables/comparison_per_class.csv",
         forest=report(f"{RUN}/figures/forest.png", category="Evaluation", caption="../../report/forest.rst"),
+        power=report(f"{RUN}/figures/power.png", category="Evaluation", caption="../../report/power.rst"),
     params:
         classes=CLASSES,
         reference=lookup(dpath="evaluate/reference", within=config),
-        resamples=lookup(dpath="evaluate/bootstrap", within=config),
-        seed=lookup(dpath="evaluate/seed", within=config),
     log:
         f"{RUN}/logs/compare.log",
     conda:
         "../../envs/train.yaml"
     message:
-        "Comparing {} variants with {{params.reference}}: bootstrap intervals and paired tests".format(len(VARIANTS))
+        "Comparing {} variants with {{params.reference}}: intervals, paired tests and power".format(len(VARIANTS))
     script:
         "../scripts/compare.py"
 
