@@ -234,6 +234,17 @@ def test_comparison_table_ranks_by_validation_with_the_reference_at_zero(full_ru
     # Steps budget: every variant of a backbone took the same optimizer steps, oversampled or not.
     steps = table.assign(backbone=table["variant"].str.split("-").str[0]).groupby("backbone")["steps"].nunique()
     assert (steps == 1).all()
+    assert (table["power_note"].str.len() > 0).all() and "Power: what these seeds can detect" in \
+        (run / "tables" / "comparison.html").read_text()
+
+
+def test_compare_command_reproduces_the_rule(full_run, tmp_path):
+    subprocess.run([sys.executable, "-m", "cocoseg", "compare", "--configfile", str(full_run / "tiny.yaml"),
+                    "--out-dir", str(tmp_path)], cwd=full_run, check=True, capture_output=True, timeout=300)
+    rule = pd.read_csv(full_run / "results" / "tiny" / "tables" / "comparison.csv")
+    command = pd.read_csv(tmp_path / "tables" / "comparison.csv")
+    pd.testing.assert_frame_equal(command, rule)
+    assert (tmp_path / "figures" / "power.png").stat().st_size > 10_000
 
 
 def test_trained_models_beat_the_all_background_baseline(full_run):

@@ -165,10 +165,12 @@ def per_class_table(results: dict[str, Result], classes: list[str], order: list[
         own, delta, never = result.own, result.difference, result.configuration.never_predicted
         for c, name in enumerate(["background", *classes]):
             k = 2 + c
+            # A zero-width interval (never predicted, or the same IoU everywhere) would look certain: none is given.
+            no_interval = bool(never[c]) or own.half_width[k] == 0
             rows.append({
-                "variant": variant, "class": name, "test_iou": own.estimate[k], "never_predicted": bool(never[k]),
-                "test_iou_ci_low": np.nan if never[k] else own.low[k],
-                "test_iou_ci_high": np.nan if never[k] else own.high[k],
+                "variant": variant, "class": name, "test_iou": own.estimate[k], "never_predicted": bool(never[c]),
+                "test_iou_ci_low": np.nan if no_interval else own.low[k],
+                "test_iou_ci_high": np.nan if no_interval else own.high[k],
                 "delta_iou": 0.0 if delta is None else delta.estimate[k],
                 "delta_ci_low": 0.0 if delta is None else delta.low[k],
                 "delta_ci_high": 0.0 if delta is None else delta.high[k],

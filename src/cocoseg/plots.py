@@ -157,8 +157,8 @@ def per_class_view(per_class: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "variant": per_class["variant"], "class": per_class["class"],
         "test IoU": per_class["test_iou"].map(_formatted),
-        "95% interval": ["never predicted" if flag else _span(lo, hi) for flag, lo, hi in
-                         zip(never, per_class["test_iou_ci_low"], per_class["test_iou_ci_high"])],
+        "95% interval": ["never predicted" if flag else _span(lo, hi) if np.isfinite(lo) else "no spread to estimate"
+                         for flag, lo, hi in zip(never, per_class["test_iou_ci_low"], per_class["test_iou_ci_high"])],
         "difference": per_class["delta_iou"].map(lambda v: "–" if not np.isfinite(v) else f"{v:+.3f}"),
         "difference 95% interval": [_span(lo, hi) for lo, hi in zip(per_class["delta_ci_low"],
                                                                      per_class["delta_ci_high"])],

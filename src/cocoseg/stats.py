@@ -73,6 +73,7 @@ class Configuration:
     values: np.ndarray  # S x K: each seed's statistics on the whole test split
     deviation: np.ndarray  # N x K: jackknife deviations, mean over seeds, scaled so that sum of squares = variance
     run_image_var: np.ndarray  # K: each run's own jackknife variance, mean over seeds
+    predicted_pixels: np.ndarray  # C: pixels predicted as each class, over every run and image
 
     @classmethod
     def from_confusions(cls, confusions: np.ndarray) -> Configuration:
@@ -82,7 +83,8 @@ class Configuration:
         centred = np.where(np.isfinite(centred), centred, 0.0)
         images = confusions.shape[1]
         scaled = centred * np.sqrt((images - 1) / images)
-        return cls(values, scaled.mean(axis=0), (scaled**2).sum(axis=1).mean(axis=0))
+        return cls(values, scaled.mean(axis=0), (scaled**2).sum(axis=1).mean(axis=0),
+                   confusions.sum(axis=(0, 1, 2)))
 
     @property
     def seeds(self) -> int:
@@ -125,9 +127,8 @@ class Configuration:
 
     @property
     def never_predicted(self) -> np.ndarray:
-        """Per statistic: a class that no seed ever predicts (its IoU is 0 with no spread to estimate)."""
-        per_class = (self.values[:, 2:] == 0).all(axis=0) & (self.run_image_var[2:] == 0)
-        return np.concatenate([[False, False], per_class])
+        """Per class: no run predicts it anywhere (its IoU is 0 in every run, with no spread to estimate)."""
+        return self.predicted_pixels == 0
 
 
 @dataclass(frozen=True)
