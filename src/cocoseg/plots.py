@@ -18,6 +18,7 @@ from cocoseg.data.masks import palette  # noqa: E402
 from cocoseg.data.split import split_rows  # noqa: E402
 from cocoseg.datasets import read_mask, read_rgb  # noqa: E402
 from cocoseg.io import save_figure, write_csv, write_text  # noqa: E402
+from cocoseg.stats import detectable_difference  # noqa: E402
 from cocoseg.variants import parse_variant  # noqa: E402
 
 
@@ -185,8 +186,6 @@ def write_comparison(table: pd.DataFrame, per_class: pd.DataFrame, reference: st
 def power_curves(table: pd.DataFrame, reference: str, path: str | Path, most_seeds: int = 20) -> None:
     """For each configuration against the reference: the difference detectable at 80% power by seeds per
     configuration, on the study's test images, from its estimated seed SDs and test-image SE."""
-    from cocoseg.stats import detectable_difference
-
     reference_sd = float(table.set_index("variant").loc[reference, "test_miou_sd"])
     seeds = np.arange(2, most_seeds + 1)
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
