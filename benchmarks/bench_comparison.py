@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import numpy as np
 import pandas as pd
 
 from cocoseg.compare import compare_confusions
+from cocoseg.provenance import device_description
 from cocoseg.simulate import ARMS, OTHER, REFERENCE, StudyModel, calibrate, simulate_study, true_miou
 from cocoseg.stats import iou_per_class, nanmean
 
@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("--arms", type=int, nargs="+", default=list(range(len(ARMS))), help="indices into ARMS")
     parser.add_argument("--json")
     args = parser.parse_args()
-    print(f"CPU: {platform.processor() or platform.machine()}")
+    cpu = device_description()["cpu"]
+    print(f"CPU: {cpu}")
     rows = []
     for arm in [ARMS[i] for i in args.arms]:
         ours = calibrate(arm, args.studies, args.effect_studies)
@@ -124,7 +125,7 @@ def main() -> None:
                         "interval_missed", "power", "effect_missed"]].to_markdown(index=False, floatfmt=".3f"))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"calibration": rows, "speed": speed, "mc_se_at_0.05": float(np.sqrt(0.0475 / args.studies))},
+            json.dump({"cpu": cpu, "calibration": rows, "speed": speed, "mc_se_at_0.05": float(np.sqrt(0.0475 / args.studies))},
                       handle, indent=2)
 
 
