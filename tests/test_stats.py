@@ -10,8 +10,8 @@ from scipy import stats as scipy_stats
 from cocoseg.compare import compare
 from cocoseg.metrics import metrics_from_confusion
 from cocoseg.plots import power_curves, write_comparison, write_tables
-from cocoseg.simulate import ARMS, calibrate
-from cocoseg.stats import (Configuration, detectable_difference, difference, generalized_half_width, holm,
+from cocoseg.simulate import TESTED_ARMS, calibrate
+from cocoseg.stats import (Configuration, Inference, detectable_difference, difference, generalized_quantile, holm,
                            inference, jackknife, seeds_needed)
 
 CLASSES = ["a", "b"]
@@ -81,20 +81,20 @@ def test_without_image_error_the_difference_is_welchs_t_test():
     assert np.allclose(a.deviation, 0) and np.allclose(b.deviation, 0)
     delta = difference(a, b)
     welch = scipy_stats.ttest_ind(a.values[:, 0], b.values[:, 0], equal_var=False)
-    assert delta.p_value[0] == pytest.approx(welch.pvalue, rel=1e-9)
-    assert delta.df[0] == pytest.approx(welch.df, rel=1e-9)
+    assert delta.p_value[0] == pytest.approx(welch.pvalue, rel=2e-3)
+    assert delta.seed_df[0] == pytest.approx(welch.df, rel=1e-9)
     low, high = welch.confidence_interval(0.95)
-    assert (delta.low[0], delta.high[0]) == (pytest.approx(low, rel=1e-9), pytest.approx(high, rel=1e-9))
+    assert (delta.low[0], delta.high[0]) == (pytest.approx(low, rel=1e-4), pytest.approx(high, rel=1e-4))
     # One configuration alone: Student's t interval with S - 1 degrees of freedom.
     own = inference(a)
     half = scipy_stats.t.ppf(0.975, 2) * a.values[:, 0].std(ddof=1) / np.sqrt(3)
-    assert own.half_width[0] == pytest.approx(half, rel=2e-3)
+    assert own.half_width[0] == pytest.approx(half, rel=1e-4)
 
 
 def test_generalized_interval_between_its_two_limits():
     seed_var, image_var = np.array([1e-4, 0.0, 1e-4, 1e-4]), np.array([0.0, 1e-4, 1e-4, 1e-6])
-    width = generalized_half_width(seed_var, 2, image_var)
-    assert width[0] == pytest.approx(scipy_stats.t.ppf(0.975, 2) * 1e-2, rel=2e-3)  # seeds alone: Student's t
+    width = generalized_quantile(seed_var, 2.0, image_var, 0.95)
+    assert width[0] == pytest.approx(scipy_stats.t.ppf(0.975, 2) * 1e-2, rel=1e-4)  # seeds alone: Student's t
     assert width[1] == pytest.approx(scipy_stats.norm.ppf(0.975) * 1e-2, rel=1e-6)  # images alone: normal
     total = np.sqrt(2e-4)
     assert scipy_stats.norm.ppf(0.975) * total < width[2] < scipy_stats.t.ppf(0.975, 2) * total
@@ -102,23 +102,27 @@ def test_generalized_interval_between_its_two_limits():
     rng = np.random.default_rng(0)
     draws = np.abs(rng.standard_normal(400_000)) * np.sqrt(1e-4 * 2 / rng.chisquare(2, 400_000) + 1e-4)
     assert np.mean(draws <= width[2]) == pytest.approx(0.95, abs=0.002)
+    # Its p-value is the same pivot's tail: at the interval's edge, 0.05.
+    edge = Inference(width[2:3], seed_var[2:3], np.array([2.0]), image_var[2:3])
+    assert edge.p_value[0] == pytest.approx(0.05, rel=1e-3)
 
 
 def test_power_by_hand_and_its_limits():
-    seed_var, image_var, images = 1e-4, 4e-6, 800
-    for seeds in (2, 3, 10):
-        se = np.sqrt(2 * seed_var / seeds + image_var)
-        df = (2 * seed_var / seeds + image_var) ** 2 / (2 * (seed_var / seeds) ** 2 / (seeds - 1)
-                                                         + image_var**2 / (images - 1))
+    seed_var, image_var = 1e-4, 4e-6
+    for seeds in (2, 3, 10):  # no image error: Welch's t with equal variances, df 2 (S - 1)
+        se, df = np.sqrt(2 * seed_var / seeds), 2 * (seeds - 1)
         expected = (scipy_stats.t.ppf(0.975, df) + scipy_stats.t.ppf(0.8, df)) * se
-        assert detectable_difference(seed_var, seeds, seed_var, seeds, image_var, images) == pytest.approx(expected)
-    needed_2, needed_1 = seeds_needed(0.02, seed_var, seed_var, image_var, images), \
-        seeds_needed(0.01, seed_var, seed_var, image_var, images)
-    assert 2 <= needed_2 < needed_1
-    assert detectable_difference(seed_var, needed_2, seed_var, needed_2, image_var, images) <= 0.02
-    assert detectable_difference(seed_var, needed_2 - 1, seed_var, needed_2 - 1, image_var, images) > 0.02
+        assert detectable_difference(seed_var, seeds, seed_var, seeds, 0.0) == pytest.approx(expected, rel=1e-4)
+    # Unlimited seeds leave the test images' error: the normal approximation (z_0.975 + z_0.8) x image SE.
+    unlimited = detectable_difference(seed_var, 10**7, seed_var, 10**7, image_var)
+    assert unlimited == pytest.approx((scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)) * 2e-3, rel=1e-3)
+    needed_2, needed_1 = (seeds_needed(d, seed_var, seed_var, image_var) for d in (0.02, 0.01))
+    assert 2 <= needed_2 < needed_1 < np.inf
+    assert detectable_difference(seed_var, needed_2, seed_var, needed_2, image_var) <= 0.02
+    assert detectable_difference(seed_var, needed_2 - 1, seed_var, needed_2 - 1, image_var) > 0.02
     # Test images whose own error is above 0.02 / 2.8 leave 0.02 out of reach of any number of seeds.
-    assert np.isnan(seeds_needed(0.02, seed_var, seed_var, (0.02 / 2.5) ** 2, images))
+    assert seeds_needed(0.02, seed_var, seed_var, (0.02 / 2.5) ** 2) == np.inf
+    assert np.isnan(seeds_needed(0.02, np.nan, seed_var, image_var))
 
 
 def write_run(root, variant, seed, val_miou, confusion, image_ids, steps=10):
@@ -141,13 +145,14 @@ def write_run(root, variant, seed, val_miou, confusion, image_ids, steps=10):
 
 @pytest.fixture
 def disagreeing_runs(tmp_path):
-    """Three variants whose validation order (b, c, a) is not their test order (a, c, b); a has two seeds."""
+    """Three variants whose validation order (b, c, a) is not their test order (a, c, b); c has one seed."""
     rng = np.random.default_rng(2)
     ids = np.arange(100, 130)
-    good, middling, poor = (random_confusions(rng, 1, 30, noise=n)[0] for n in (0.02, 0.1, 0.4))
+    good, middling, poor, poorer = (random_confusions(rng, 1, 30, noise=n)[0] for n in (0.02, 0.1, 0.4, 0.45))
     folders = [write_run(tmp_path, "mobilenet_v3_large-cross_entropy-uniform", 0, 0.30, good, ids),
                write_run(tmp_path, "mobilenet_v3_large-cross_entropy-uniform", 1, 0.32, good[::-1], ids[::-1]),
                write_run(tmp_path, "resnet50-focal_tversky-oversample", 0, 0.60, poor, ids),
+               write_run(tmp_path, "resnet50-focal_tversky-oversample", 1, 0.60, poorer, ids),
                write_run(tmp_path, "resnet50-cross_entropy-uniform", 0, 0.50, middling, ids)]
     return tmp_path, folders
 
@@ -169,15 +174,18 @@ def test_comparison_ranks_by_validation_and_compares_with_the_reference(disagree
     # Two seeds of identical predictions (listed in another order): sd 0, and the image pairing held.
     assert ref["test_miou_sd"] == pytest.approx(0)
     poor = table.set_index("variant").loc["resnet50-focal_tversky-oversample"]
-    assert poor["covers"] == "test images only (one seed)" and np.isnan(poor["detectable_delta"])
-    assert poor["delta_ci_high"] < 0 and poor["significant"]
-    assert poor["p_holm"] == pytest.approx(min(1, 2 * poor["p_value"]))  # smallest of two comparisons
-    assert poor["test_miou"] == pytest.approx(
-        json.loads((folders[2] / "evaluation/metrics.json").read_text())["test"]["miou"])
-    assert "one seed" in poor["power_note"]
+    assert poor["delta_ci_high"] < 0 and poor["significant"] and np.isfinite(poor["detectable_delta"])
+    assert poor["test_miou"] == pytest.approx(np.mean([json.loads((f / "evaluation/metrics.json").read_text())["test"]
+                                                       ["miou"] for f in folders[2:4]]))
+    # One seed: the interval covers the test images only, and no test is made (Holm's family is the other row).
+    single = table.set_index("variant").loc["resnet50-cross_entropy-uniform"]
+    assert single["covers"] == "test images only (one seed)" and np.isnan(single["detectable_delta"])
+    assert np.isnan(single["p_value"]) and not single["significant"] and "one seed" in single["power_note"]
+    assert poor["p_holm"] == pytest.approx(poor["p_value"])
     reference_rows = per_class[per_class["variant"] == REFERENCE]
     assert (reference_rows[["delta_iou", "delta_ci_low", "delta_ci_high"]] == 0).all().all()
     assert len(per_class) == 3 * (len(CLASSES) + 1)
+    assert (per_class["test_images_with_class"] == [30, 30, 22] * 3).all()  # class "b" absent from every 4th image
     # One family over every (configuration, class) comparison.
     np.testing.assert_allclose(per_class["p_holm"], holm(per_class["p_value"].to_numpy()))
 
@@ -236,19 +244,41 @@ def test_a_class_never_predicted_is_flagged_not_given_a_zero_width_interval(tmp_
     assert all(note.split(":")[0] in text for note in table["power_note"])
     power_curves(table, REFERENCE, tmp_path / "power.png")
     assert (tmp_path / "power.png").stat().st_size > 10_000
+    # When the reference never predicts "b" either, the difference is exactly 0: no interval and no test.
+    both = [write_run(tmp_path / "both", REFERENCE, s, 0.3, blind[s], ids) for s in (0, 1)]
+    both += [write_run(tmp_path / "both", "resnet50-cross_entropy-uniform", s, 0.4, blind[s][::-1], ids[::-1])
+             for s in (0, 1)]
+    twin = compare_folders(both)[1].set_index(["variant", "class"]).loc[("resnet50-cross_entropy-uniform", "b")]
+    assert twin["delta_iou"] == 0 and np.isnan(twin["delta_ci_low"]) and np.isnan(twin["p_value"])
 
 
 def test_bad_input_names_the_file_and_the_fix(disagreeing_runs):
     root, folders = disagreeing_runs
     with pytest.raises(ValueError, match="evaluate.reference 'resnet50-weighted_cross_entropy-uniform' was not"):
         compare_folders(folders, reference="resnet50-weighted_cross_entropy-uniform")
-    (folders[3] / "evaluation/per_image_confusion.npz").unlink()
+    with pytest.raises(ValueError, match="3 classes, background included, and the config names 3"):
+        compare_folders(folders, classes=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"metrics.json and .*metrics.json are both .* seed 0: list each run once"):
+        compare_folders(folders + folders[:1])
+    rng = np.random.default_rng(0)
+    other_images = write_run(root / "ids", "resnet50-cross_entropy-uniform", 0, 0.5, random_confusions(rng, 1, 30)[0],
+                             np.arange(30))
+    other_classes = write_run(root / "classes", "resnet50-cross_entropy-uniform", 0, 0.5,
+                              random_confusions(rng, 1, 30, classes=4)[0], np.arange(100, 130))
+    for other in (other_images, other_classes):
+        with pytest.raises(ValueError, match="holds other test images or classes than .*re-run evaluate on the same"):
+            compare_folders(folders[:4] + [other])
+    npz = folders[4] / "evaluation/per_image_confusion.npz"
+    np.savez(npz, ids=np.arange(30))
+    with pytest.raises(ValueError, match="per_image_confusion.npz lacks confusion, image_id: .*delete it and run"):
+        compare_folders(folders)
+    npz.unlink()
     with pytest.raises(FileNotFoundError, match="per_image_confusion.npz: missing; run the evaluate rule"):
         compare_folders(folders)
-    other = write_run(root / "other", "resnet50-cross_entropy-uniform", 0, 0.5,
-                      random_confusions(np.random.default_rng(0), 1, 30)[0], np.arange(30))
-    with pytest.raises(ValueError, match="holds other test images than .*re-run evaluate on the same manifest"):
-        compare_folders(folders[:3] + [other])
+    one_image = [write_run(root / "one", REFERENCE, s, 0.3, random_confusions(rng, 1, 1)[0], np.arange(1))
+                 for s in (0, 1)]
+    with pytest.raises(ValueError, match="the test split has 1 image"):
+        compare_folders(one_image)
 
 
 def test_holm_by_hand():
@@ -258,20 +288,28 @@ def test_holm_by_hand():
     np.testing.assert_allclose(holm(np.array([0.6, 0.7])), [1.0, 1.0])
 
 
-# Monte Carlo bounds for 300 studies: a rate of 0.05 measured within three standard errors (0.038).
-STUDIES, EFFECT_STUDIES = 300, 100
-TOLERANCE = 3 * np.sqrt(0.05 * 0.95 / STUDIES)
+STUDIES, EFFECT_STUDIES = 300, 150
 
 
-@pytest.mark.parametrize("arm", ARMS, ids=lambda arm: f"{arm.name}, {arm.seeds} seeds")
+def at_most_five_percent(rate: float, trials: int) -> bool:
+    """A rate whose truth is at most 0.05, measured on ``trials``: within three Monte Carlo standard errors."""
+    return rate <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / trials)
+
+
+@pytest.mark.parametrize("arm", TESTED_ARMS, ids=lambda arm: f"{arm.name}, {arm.seeds} seeds")
 def test_calibration_on_simulated_studies_with_known_truth(arm):
-    """The real comparison code on simulated studies: wrong claims at the stated 5%, a large effect found."""
+    """The real comparison code on simulated studies: wrong claims at most at the stated 5%, a large effect found.
+
+    (With 2 or 3 seeds whose spread dominates, the method is conservative, at about 0.03: see docs/study.md.
+    The power assertion keeps a method that never finds anything from passing.)
+    """
     result = calibrate(arm, STUDIES, EFFECT_STUDIES)
-    assert abs(result.false_positive - 0.05) <= TOLERANCE, result
-    assert abs(result.difference_missed - 0.05) <= TOLERANCE, result
-    assert abs(result.interval_missed - 0.05) <= TOLERANCE, result
+    assert at_most_five_percent(result.false_positive, STUDIES), result
+    assert at_most_five_percent(result.difference_missed, STUDIES), result
+    assert at_most_five_percent(result.interval_missed, STUDIES), result
+    assert at_most_five_percent(result.class_false_positive, STUDIES * 4), result  # 4 classes a study
+    assert at_most_five_percent(result.effect_missed, EFFECT_STUDIES), result
     assert result.power >= 0.8, result
-    assert result.effect_missed <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / EFFECT_STUDIES), result
 
 
 def test_summary_follows_validation_not_test(disagreeing_runs, tmp_path):

@@ -33,7 +33,7 @@ def test_dry_run_plans_the_study_without_network(tmp_path):
     assert jobs["download"] == "2" and jobs["masks"] == "8" and jobs["stats"] == "1"
     # 12 configurations x 5 seeds; prediction figures show each configuration's first seed.
     assert jobs["train"] == jobs["evaluate"] == "60" and jobs["prediction_figures"] == "12"
-    assert jobs["compare"] == "1"
+    assert jobs["compare"] == "1" and jobs["total"] == "154"  # as the README says
     assert "synth" not in jobs
     assert "http://images.cocodataset.org/zips/val2014.zip" in out
 

@@ -28,31 +28,43 @@ MOST_SEEDS = 100
 
 def read_runs(metrics_paths: list[str | Path], training_paths: list[str | Path]) -> pd.DataFrame:
     """One row per run (variant, seed): validation and test mIoU, and what it trained on."""
-    rows = []
+    rows, seen = [], {}
     for metrics_path, training_path in zip(metrics_paths, training_paths):
         metrics, training = json.loads(Path(metrics_path).read_text()), json.loads(Path(training_path).read_text())
+        run = (metrics["variant"], metrics["seed"])
+        if run in seen:
+            raise ValueError(f"{metrics_path} and {seen[run]} are both {run[0]} seed {run[1]}: list each run once")
+        seen[run] = metrics_path
         rows.append({"variant": metrics["variant"], "seed": metrics["seed"], "val_miou": metrics["val"]["miou"],
                      "test_miou": metrics["test"]["miou"], "steps": training["steps"], "images": training["images"],
                      "train_minutes": training["train_seconds"] / 60})
     return pd.DataFrame(rows)
 
 
+def _read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: missing; run the evaluate rule for this run (snakemake {path}) before "
+                                "comparing")
+    with np.load(path) as data:
+        missing = {"image_id", "confusion"} - set(data.files)
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(sorted(missing))}: it was not written by this project's "
+                             f"evaluate; delete it and run snakemake {path}")
+        return data["image_id"], data["confusion"]
+
+
 def read_confusions(paths: list[str | Path], variants: list[str]) -> dict[str, np.ndarray]:
     """Per-image test confusions stacked per configuration (S x N x C x C), checked to cover the same images."""
     stacked: dict[str, list[np.ndarray]] = {}
-    reference_ids, reference_path = None, None
+    reference_ids, reference_path, reference_shape = None, None, None
     for path, variant in zip(paths, variants):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: missing; run the evaluate rule for this run (snakemake {path}) before "
-                                    "comparing")
-        with np.load(path) as data:
-            image_ids, confusion = data["image_id"], data["confusion"]
+        image_ids, confusion = _read_npz(path)
         order = np.argsort(image_ids, kind="stable")  # every run's images in one order, paired image by image
         if reference_ids is None:
-            reference_ids, reference_path = image_ids[order], path
-        elif not np.array_equal(image_ids[order], reference_ids):
-            raise ValueError(f"{path} holds other test images than {reference_path}; re-run evaluate on the same "
-                             "manifest for every variant")
+            reference_ids, reference_path, reference_shape = image_ids[order], path, confusion.shape[1:]
+        elif not np.array_equal(image_ids[order], reference_ids) or confusion.shape[1:] != reference_shape:
+            raise ValueError(f"{path} holds other test images or classes than {reference_path}; re-run evaluate on "
+                             "the same manifest and classes for every variant")
         stacked.setdefault(variant, []).append(confusion[order])
     return {variant: np.stack(matrices) for variant, matrices in stacked.items()}
 
@@ -61,14 +73,16 @@ def _interval(result: Inference, k: int) -> tuple[float, float]:
     return float(result.low[k]), float(result.high[k])
 
 
-def _difference_columns(result: Inference | None) -> dict[str, float]:
+def _difference_columns(result: Inference | None, tested: bool) -> dict[str, float]:
+    """The difference from the reference; no p-value where a side has one seed (``tested`` False): its test
+    would leave out the seeds' spread and could not hold its level."""
     if result is None:  # the reference against itself
-        return {"delta_miou": 0.0, "delta_se": 0.0, "delta_image_se": 0.0, "delta_df": np.nan, "delta_ci_low": 0.0,
+        return {"delta_miou": 0.0, "delta_se": 0.0, "delta_image_se": 0.0, "delta_seed_df": np.nan, "delta_ci_low": 0.0,
                 "delta_ci_high": 0.0, "p_value": np.nan}
     low, high = _interval(result, MIOU)
     return {"delta_miou": float(result.estimate[MIOU]), "delta_se": float(result.se[MIOU]),
-            "delta_image_se": float(np.sqrt(result.image_var[MIOU])), "delta_df": float(result.df[MIOU]),
-            "delta_ci_low": low, "delta_ci_high": high, "p_value": float(result.p_value[MIOU])}
+            "delta_image_se": float(np.sqrt(result.image_var[MIOU])), "delta_seed_df": float(result.seed_df[MIOU]),
+            "delta_ci_low": low, "delta_ci_high": high, "p_value": float(result.p_value[MIOU]) if tested else np.nan}
 
 
 def _power_columns(configuration: Configuration, reference: Configuration, result: Inference | None) -> dict:
@@ -79,10 +93,9 @@ def _power_columns(configuration: Configuration, reference: Configuration, resul
     seed_a, seed_r = configuration.seed_var[MIOU], reference.seed_var[MIOU]
     image = float(result.image_var[MIOU])
     columns["detectable_delta"] = float(detectable_difference(seed_a, configuration.seeds, seed_r, reference.seeds,
-                                                              image, configuration.images))
+                                                              image))
     for delta in PLANNED_DELTAS:
-        columns[f"seeds_to_detect_{delta}"] = seeds_needed(delta, seed_a, seed_r, image, configuration.images,
-                                                           MOST_SEEDS)
+        columns[f"seeds_to_detect_{delta}"] = seeds_needed(delta, seed_a, seed_r, image, MOST_SEEDS)
     return columns
 
 
@@ -94,12 +107,13 @@ def power_note(row: pd.Series, reference: str) -> str:
                 f"test-image SE {row['test_miou_image_se']:.3f}.")
     if not np.isfinite(row["detectable_delta"]):
         return (f"{name}: with one seed (here or in the reference) the seed spread is unknown, so its interval "
-                "covers the test images only; train 2 or more seeds of both to size a difference.")
+                "covers the test images only and no test is made; train 2 or more seeds of both to compare them.")
     wanted = []
     for delta in PLANNED_DELTAS:
         seeds = row[f"seeds_to_detect_{delta}"]
         wanted.append(f"{delta:g} would take {seeds:.0f} seeds per configuration" if np.isfinite(seeds) else
-                      f"{delta:g} is out of reach of {MOST_SEEDS} seeds on these {row['test_images']} test images")
+                      f"{delta:g} is out of reach of {MOST_SEEDS} seeds on these {row['test_images']} test images "
+                      "(their own error is too large: it needs more test images)")
     return (f"{name}: {row['seeds']} seeds (seed SD {row['test_miou_sd']:.3f}; test-image SE of the difference "
             f"{row['delta_image_se']:.3f}) detect a difference of {row['detectable_delta']:.3f} mIoU with 80% power; "
             f"{wanted[1]}, and {wanted[0]}.")
@@ -140,7 +154,8 @@ def configuration_row(variant: str, group: pd.DataFrame, result: Result, referen
         "covers": "test images and seeds" if configuration.seeds > 1 else "test images only (one seed)",
         "test_miou_objects": float(own.estimate[MIOU_OBJECTS]), "test_miou_objects_ci_low": objects_low,
         "test_miou_objects_ci_high": objects_high,
-        **_difference_columns(result.difference), **_power_columns(configuration, reference, result.difference),
+        **_difference_columns(result.difference, min(configuration.seeds, reference.seeds) > 1),
+        **_power_columns(configuration, reference, result.difference),
         "steps": group["steps"].mean(), "images": group["images"].mean(), "train_minutes": group["train_minutes"].mean(),
     }
 
@@ -160,21 +175,28 @@ def per_class_table(results: dict[str, Result], classes: list[str], order: list[
     """One row per configuration and class: test IoU, its interval, the difference from the reference; Holm over
     every (configuration, class) comparison at once. Exploratory: the per-class family is large."""
     rows = []
+    reference = next(result.configuration for result in results.values() if result.difference is None)
     for variant in order:
         result = results[variant]
-        own, delta, never = result.own, result.difference, result.configuration.never_predicted
+        configuration, own, delta = result.configuration, result.own, result.difference
+        tested = min(configuration.seeds, reference.seeds) > 1
         for c, name in enumerate(["background", *classes]):
             k = 2 + c
+            never = bool(configuration.never_predicted[c])
             # A zero-width interval (never predicted, or the same IoU everywhere) would look certain: none is given.
-            no_interval = bool(never[c]) or own.half_width[k] == 0
-            rows.append({
-                "variant": variant, "class": name, "test_iou": own.estimate[k], "never_predicted": bool(never[c]),
-                "test_iou_ci_low": np.nan if no_interval else own.low[k],
-                "test_iou_ci_high": np.nan if no_interval else own.high[k],
-                "delta_iou": 0.0 if delta is None else delta.estimate[k],
-                "delta_ci_low": 0.0 if delta is None else delta.low[k],
-                "delta_ci_high": 0.0 if delta is None else delta.high[k],
-                "p_value": np.nan if delta is None else delta.p_value[k]})
+            own_span = (np.nan, np.nan) if never or own.se[k] == 0 else (own.low[k], own.high[k])
+            if delta is None:
+                delta_row = {"delta_iou": 0.0, "delta_ci_low": 0.0, "delta_ci_high": 0.0, "p_value": np.nan}
+            else:
+                certain = delta.se[k] == 0  # e.g. neither configuration ever predicts the class
+                delta_row = {"delta_iou": delta.estimate[k],
+                             "delta_ci_low": np.nan if certain else delta.low[k],
+                             "delta_ci_high": np.nan if certain else delta.high[k],
+                             "p_value": delta.p_value[k] if tested else np.nan}
+            rows.append({"variant": variant, "class": name,
+                         "test_images_with_class": int(configuration.images_with_class[c]),
+                         "test_iou": own.estimate[k], "never_predicted": never, "test_iou_ci_low": own_span[0],
+                         "test_iou_ci_high": own_span[1], **delta_row})
     return _with_holm(pd.DataFrame(rows))
 
 
@@ -184,6 +206,13 @@ def compare_confusions(runs: pd.DataFrame, confusions: dict[str, np.ndarray], cl
     if reference not in confusions:
         raise ValueError(f"evaluate.reference {reference!r} was not evaluated; use one of "
                          f"{', '.join(confusions)} (or add it to the grid)")
+    seeds, images, num_classes, _ = next(iter(confusions.values())).shape
+    if num_classes != len(classes) + 1:
+        raise ValueError(f"the confusion matrices have {num_classes} classes, background included, and the config "
+                         f"names {len(classes)} ({', '.join(classes)}): compare with the config the runs were "
+                         "evaluated with")
+    if images < 2:
+        raise ValueError(f"the test split has {images} image(s): a comparison needs at least 2")
     configurations = {variant: Configuration.from_confusions(stack) for variant, stack in confusions.items()}
     base = configurations[reference]
     results = {variant: Result.of(c, None if variant == reference else base) for variant, c in configurations.items()}

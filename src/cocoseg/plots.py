@@ -116,7 +116,8 @@ def _span(low: float, high: float) -> str:
 
 
 def _seed_count(value: float) -> str:
-    return "more than 100" if not np.isfinite(value) else f"{value:.0f}"
+    """NaN: no estimate (one seed, or the reference); inf: out of reach of 100 seeds."""
+    return "–" if np.isnan(value) else "more than 100" if np.isinf(value) else f"{value:.0f}"
 
 
 def comparison_view(table: pd.DataFrame) -> pd.DataFrame:
@@ -144,10 +145,11 @@ def comparison_note(reference: str) -> str:
         f"images were drawn from the same distribution; it does not cover the choice of hyper-parameters, the "
         f"training data, or another dataset. With one seed it covers the test images only, as the row says. The "
         f"difference is from {reference}, paired image by image and unpaired over seeds (runs share no "
-        f"initialisation), with a Welch-Satterthwaite t interval and p-value; p (Holm) adjusts for all the rows' "
-        f"comparisons at once, and significant means p (Holm) &lt; 0.05. Not significant does not mean equal: the "
-        f"true difference may lie anywhere in its interval, and differences smaller than the 'detectable at 80% power' "
-        f"column are likely to be missed. Seed SD is the spread of one run's test mIoU; test-image SE is the part of "
+        f"initialisation), with an interval and p-value that allow for seed spreads estimated from few seeds; p (Holm) adjusts for all the rows' "
+        f"comparisons at once, and significant means p (Holm) &lt; 0.05. A row with one seed, or compared with a "
+        f"reference of one seed, gets no p-value: its test could not hold its level. Not significant does not mean "
+        f"equal: the true difference may lie anywhere in its interval, and differences smaller than the 'detectable "
+        f"at 80% power' column are found less than 80% of the time. Seed SD is the spread of one run's test mIoU; test-image SE is the part of "
         f"the error that comes from the test images; the last two columns say how many seeds per configuration a "
         f"difference of 0.02 or 0.01 mIoU would take on these test images. docs/study.md has the method and its "
         f"calibration.")
@@ -157,6 +159,7 @@ def per_class_view(per_class: pd.DataFrame) -> pd.DataFrame:
     never = per_class["never_predicted"].astype(bool)
     return pd.DataFrame({
         "variant": per_class["variant"], "class": per_class["class"],
+        "test images with it": per_class["test_images_with_class"],
         "test IoU": per_class["test_iou"].map(_formatted),
         "95% interval": ["never predicted" if flag else _span(lo, hi) if np.isfinite(lo) else "no spread to estimate"
                          for flag, lo, hi in zip(never, per_class["test_iou_ci_low"], per_class["test_iou_ci_high"])],
@@ -176,8 +179,9 @@ def write_comparison(table: pd.DataFrame, per_class: pd.DataFrame, reference: st
     sentences = "\n".join(f"<li>{note}</li>" for note in table["power_note"])
     exploratory = ("<h3>Per class (exploratory)</h3>\n<p>The same comparison for each class's IoU. Holm's adjustment "
                    "runs over every (configuration, class) pair at once; read these rows as leads to follow up, not "
-                   "as findings. A class a configuration never predicts has IoU 0 with no spread to estimate, and "
-                   "is marked so rather than given an interval.</p>\n")
+                   "as findings; a class in few test images has an unreliable interval (the column says how many). A "
+                   "class a configuration never predicts (IoU 0 where it is in the test set) has no spread to "
+                   "estimate, and is marked so rather than given an interval.</p>\n")
     write_text(_highlighted_html(comparison_view(table), 0, comparison_note(reference))
                + f"\n<h3>Power: what these seeds can detect</h3>\n<ul>\n{sentences}\n</ul>\n"
                + exploratory + per_class_view(per_class).style.hide(axis="index").to_html(), html)
@@ -191,7 +195,7 @@ def power_curves(table: pd.DataFrame, reference: str, path: str | Path, most_see
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     for _, row in table[np.isfinite(table["detectable_delta"])].iterrows():
         curve = detectable_difference(row["test_miou_sd"] ** 2, seeds, reference_sd**2, seeds,
-                                      row["delta_image_se"] ** 2, int(row["test_images"]))
+                                      row["delta_image_se"] ** 2)
         line, = ax.plot(seeds, curve, label=row["variant"])
         ax.scatter([row["seeds"]], [row["detectable_delta"]], color=line.get_color(), zorder=3)
     for delta in (0.01, 0.02):

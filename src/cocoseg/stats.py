@@ -1,4 +1,4 @@
-"""How sure a result is: variance components, t intervals and tests that keep their level with few seeds.
+"""How sure a result is: variance components, intervals and tests that keep their level with few seeds.
 
 Everything comes from per-image confusion matrices (rows truth, columns prediction). A
 configuration (backbone-loss-sampling) trained with S seeds has S x N matrices for the N test
@@ -13,11 +13,12 @@ on the whole split. Its error has two parts (``docs/study.md`` gives the method 
   part shared by all of a configuration's seeds (the mean covariance between distinct runs) is
   the image component, so nothing is counted twice.
 
-The two are added, and Satterthwaite's degrees of freedom give a t interval. A difference between
-two configurations is unpaired at the seed level (seed s of one configuration shares nothing with
-seed s of another: the seed parts add, and seed sets may differ) and paired by test image (the
-image component is that of the per-image difference). With one seed the seed part cannot be
-estimated: the interval then covers the test images only, and says so.
+The two are added, and a generalized pivot (``Inference``) carries the uncertainty of a seed
+variance estimated from few seeds into the interval and the p-value. A difference between two
+configurations is unpaired at the seed level (seed s of one configuration shares nothing with seed
+s of another: the seed parts add, with Welch's degrees of freedom, and seed sets may differ) and
+paired by test image (the image component is that of the per-image difference). With one seed the
+seed part cannot be estimated: the interval then covers the test images only.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Configuration:
     deviation: np.ndarray  # N x K: jackknife deviations, mean over seeds, scaled so that sum of squares = variance
     run_image_var: np.ndarray  # K: each run's own jackknife variance, mean over seeds
     predicted_pixels: np.ndarray  # C: pixels predicted as each class, over every run and image
+    images_with_class: np.ndarray  # C: test images in which each class is present
 
     @classmethod
     def from_confusions(cls, confusions: np.ndarray) -> Configuration:
@@ -84,7 +86,7 @@ class Configuration:
         images = confusions.shape[1]
         scaled = centred * np.sqrt((images - 1) / images)
         return cls(values, scaled.mean(axis=0), (scaled**2).sum(axis=1).mean(axis=0),
-                   confusions.sum(axis=(0, 1, 2)))
+                   confusions.sum(axis=(0, 1, 2)), (confusions[0].sum(axis=-1) > 0).sum(axis=0))
 
     @property
     def seeds(self) -> int:
@@ -133,17 +135,26 @@ class Configuration:
 
 @dataclass(frozen=True)
 class Inference:
-    """An estimate with its variance components and 95% interval (arrays over statistics)."""
+    """An estimate with its variance components, 95% interval and p-value (arrays over statistics).
+
+    The interval and the test are generalized (Weerahandi 1993): the pivot is |Z| sqrt(seed_var seed_df / X
+    + image_var), with X chi-square with ``seed_df`` degrees of freedom, so the uncertainty of a seed
+    variance estimated from few seeds widens them. With no image part this is Student's (or Welch's) t;
+    with no seed part, the normal.
+    """
 
     estimate: np.ndarray
     seed_var: np.ndarray  # the seed component of the estimate's variance (0 where it cannot be estimated)
+    seed_df: np.ndarray  # its degrees of freedom (inf where there is none)
     image_var: np.ndarray  # the test-image component
-    df: np.ndarray  # Satterthwaite's degrees of freedom
-    half_width: np.ndarray
 
     @property
     def se(self) -> np.ndarray:
         return np.sqrt(self.seed_var + self.image_var)
+
+    @functools.cached_property
+    def half_width(self) -> np.ndarray:
+        return generalized_quantile(self.seed_var, self.seed_df, self.image_var, CONFIDENCE)
 
     @property
     def low(self) -> np.ndarray:
@@ -155,75 +166,99 @@ class Inference:
 
     @property
     def p_value(self) -> np.ndarray:
-        """Two-sided t test of 0 with ``df``; 1 where estimate and standard error are both 0, NaN for a nonzero
-        exact value."""
-        se = self.se
+        """Two-sided generalized p-value of 0: P(pivot >= |estimate|); NaN where the standard error is 0."""
+        ratio, weight = _chi2_nodes(self.seed_df)
+        scale = np.sqrt(self.seed_var[..., None] / ratio + self.image_var[..., None])
         with np.errstate(divide="ignore", invalid="ignore"):
-            p = 2 * scipy_stats.t.sf(np.abs(self.estimate) / se, _finite_df(self.df))
-        return np.where(se > 0, p, np.where(self.estimate == 0, 1.0, np.nan))
+            p = (weight * 2 * scipy_special.ndtr(-np.abs(self.estimate)[..., None] / scale)).sum(axis=-1)
+        return np.where(self.se > 0, p, np.nan)
 
 
-def _finite_df(df: np.ndarray) -> np.ndarray:
-    return np.where(np.isfinite(df), df, np.inf)
-
-
-def t_quantile(q: float, df: np.ndarray) -> np.ndarray:
-    return scipy_stats.t.ppf(q, _finite_df(df))
-
-
-def satterthwaite(components: list[tuple[np.ndarray, float]]) -> np.ndarray:
-    """Degrees of freedom of a sum of independent variance estimates, each given with its own df."""
-    total = sum(v for v, _ in components)
+def satterthwaite(components: list[tuple[np.ndarray, np.ndarray | float]]) -> np.ndarray:
+    """Degrees of freedom of a sum of independent variance estimates, each given with its own df (inf: known)."""
+    total = sum(np.asarray(v, dtype=np.float64) for v, _ in components)
     with np.errstate(divide="ignore", invalid="ignore"):
-        denominator = sum(v**2 / df for v, df in components)
+        denominator = sum(np.where(np.asarray(v) > 0, np.asarray(v, dtype=np.float64) ** 2 / df, 0.0)
+                          for v, df in components)
         return np.where(denominator > 0, total**2 / np.where(denominator > 0, denominator, 1), np.inf)
 
 
-def generalized_half_width(seed_var: np.ndarray, seed_df: float, image_var: np.ndarray,
-                           points: int = 256) -> np.ndarray:
-    """Half-width h of the 95% generalized confidence interval: P(|Z| sqrt(seed_var df / X + image_var) <= h)
-    = 0.95, with Z standard normal and X chi-square with ``seed_df`` degrees of freedom (Weerahandi 1993).
 
-    This carries the uncertainty of a seed variance estimated from 1 or 2 degrees of freedom into the
-    interval, which Satterthwaite's df does not when that estimate happens to be small beside a
-    well-determined image part (its intervals missed 12% of the time with 2 seeds in simulation).
-    The integral over X is a midpoint rule on its quantiles; h is found by bisection.
-    """
-    if not np.isfinite(seed_df):
-        return scipy_stats.norm.ppf(1 - ALPHA / 2) * np.sqrt(seed_var + image_var)
-    ratio = _chi2_midpoints(seed_df, points)
-    scale = np.sqrt(np.asarray(seed_var)[..., None] / ratio + np.asarray(image_var)[..., None])
-    # Bracketed by the normal quantile at the smallest scale and a t with seed_df at the seed part alone.
-    low = scipy_stats.norm.ppf(1 - ALPHA / 2) * scale.min(axis=-1)
-    high = t_quantile(1 - ALPHA / 2, seed_df) * np.sqrt(np.asarray(seed_var) + np.asarray(image_var)) * 1.5
-    for _ in range(32):
-        middle = (low + high) / 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            missed = 2 * scipy_special.ndtr(-middle[..., None] / scale).mean(axis=-1)
-        too_narrow = missed > ALPHA
-        low, high = np.where(too_narrow, middle, low), np.where(too_narrow, high, middle)
-    return np.where(scale.max(axis=-1) > 0, high, 0.0)
+
+def _probability_nodes() -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights (8 per segment) over the chi-square's probability scale, its segments
+    finest in the lower tail, where small draws make the pivot's tail: p-values down to 1e-6 within 1e-3."""
+    edges = np.array([0, 1e-9, 1e-7, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 1.0])
+    x, w = np.polynomial.legendre.leggauss(8)
+    half, centre = np.diff(edges)[:, None] / 2, (edges[:-1] + edges[1:])[:, None] / 2
+    return (centre + half * x).ravel(), (half * w).ravel()
+
+
+_MIDPOINTS, _WEIGHTS = _probability_nodes()
+
+
+_DF_GRID = np.geomspace(1.0, 1e5, 801)  # beyond it X / df is 1 within 1%
 
 
 @functools.cache
-def _chi2_midpoints(df: float, points: int) -> np.ndarray:
-    """X / df at the midpoints of ``points`` equal-probability bins of a chi-square with ``df``."""
-    return scipy_stats.chi2.ppf((np.arange(points) + 0.5) / points, df) / df
+def _log_ratio_table() -> np.ndarray:
+    """log(X / df) at the probability nodes for every df of ``_DF_GRID`` (once: chi-square quantiles are slow)."""
+    return np.log(scipy_stats.chi2.ppf(_MIDPOINTS, _DF_GRID[:, None]) / _DF_GRID[:, None])
+
+
+def _chi2_nodes(df: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """X / df at the probability nodes, for each df (..., nodes), and the nodes' weights (nodes,).
+
+    Interpolated linearly in log(df) between the table's rows (exact at 1, 2, 4, ...; within 1e-4 between);
+    an infinite df (a variance known exactly) gives 1.
+    """
+    df = np.asarray(df, dtype=np.float64)
+    position = np.interp(np.log(np.clip(np.nan_to_num(df, posinf=1e5), 1.0, 1e5)), np.log(_DF_GRID),
+                         np.arange(len(_DF_GRID)))
+    below = np.minimum(np.floor(position).astype(int), len(_DF_GRID) - 2)
+    weight = (position - below)[..., None]
+    table = _log_ratio_table()
+    ratio = np.exp((1 - weight) * table[below] + weight * table[below + 1])
+    return np.where(np.isinf(df)[..., None], 1.0, ratio), _WEIGHTS
+
+
+def generalized_quantile(seed_var: np.ndarray, seed_df: np.ndarray, image_var: np.ndarray,
+                         confidence: float) -> np.ndarray:
+    """h with P(|Z| sqrt(seed_var seed_df / X + image_var) <= h) = ``confidence``: the interval's half-width.
+
+    Z is standard normal and X chi-square with ``seed_df`` degrees of freedom; the integral over X is
+    Gauss-Legendre quadrature on its quantiles, and h is found by bisection.
+    """
+    seed_var, image_var = np.asarray(seed_var, dtype=np.float64), np.asarray(image_var, dtype=np.float64)
+    ratio, weight = _chi2_nodes(seed_df)
+    scale = np.sqrt(seed_var[..., None] / ratio + image_var[..., None])
+    missed_target, se = 1 - confidence, np.sqrt(seed_var + image_var)
+    # Bracketed by the normal's quantile (no seed uncertainty) and Student's t at the seed df (Hsu's bound),
+    # each with a margin.
+    low = 0.5 * scipy_stats.norm.ppf(1 - missed_target / 2) * se
+    high = 1.5 * scipy_stats.t.ppf(1 - missed_target / 2, np.nan_to_num(np.asarray(seed_df, dtype=np.float64),
+                                                                        posinf=1e9)) * se
+    low, high = np.broadcast_arrays(low, high)
+    for _ in range(30):
+        middle = (low + high) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            missed = (weight * 2 * scipy_special.ndtr(-middle[..., None] / scale)).sum(axis=-1)
+        too_narrow = missed > missed_target
+        low, high = np.where(too_narrow, middle, low), np.where(too_narrow, high, middle)
+    return np.where(seed_var + image_var > 0, high, 0.0)
 
 
 def _seed_component(configuration: Configuration) -> tuple[np.ndarray, float]:
     if configuration.seeds < 2:
         return np.zeros(configuration.values.shape[1]), np.inf
-    return configuration.seed_var / configuration.seeds, configuration.seeds - 1
+    return configuration.seed_var / configuration.seeds, float(configuration.seeds - 1)
 
 
 def inference(configuration: Configuration) -> Inference:
-    """The configuration's mean over seeds, with seed and shared test-image variance, and its generalized interval."""
+    """The configuration's mean over seeds, with seed and shared test-image variance."""
     seed_part, seed_df = _seed_component(configuration)
     image_part = np.maximum(configuration.image_var_of_mean - configuration.interaction_var_of_mean, 0)
-    df = satterthwaite([(seed_part, seed_df), (image_part, configuration.images - 1)])
-    return Inference(configuration.mean, seed_part, image_part, df,
-                     generalized_half_width(seed_part, seed_df, image_part))
+    return Inference(configuration.mean, seed_part, np.full_like(seed_part, seed_df), image_part)
 
 
 def difference_image_var(a: Configuration, b: Configuration) -> np.ndarray:
@@ -233,42 +268,48 @@ def difference_image_var(a: Configuration, b: Configuration) -> np.ndarray:
 
 
 def difference(a: Configuration, b: Configuration) -> Inference:
-    """a's mean minus b's, unpaired over seeds and paired over test images: a Welch-Satterthwaite t interval."""
+    """a's mean minus b's, unpaired over seeds (the two seed variances combined with Welch's degrees of
+    freedom) and paired over test images."""
     if a.images != b.images:
         raise ValueError(f"the configurations were evaluated on different numbers of test images: {a.images}, "
                          f"{b.images}")
     (seed_a, df_a), (seed_b, df_b) = _seed_component(a), _seed_component(b)
-    image_part = difference_image_var(a, b)
-    df = satterthwaite([(seed_a, df_a), (seed_b, df_b), (image_part, a.images - 1)])
-    seed_part = seed_a + seed_b
-    return Inference(a.mean - b.mean, seed_part, image_part, df,
-                     t_quantile(1 - ALPHA / 2, df) * np.sqrt(seed_part + image_part))
+    seed_df = satterthwaite([(seed_a, df_a), (seed_b, df_b)])
+    return Inference(a.mean - b.mean, seed_a + seed_b, seed_df, difference_image_var(a, b))
 
 
 def detectable_difference(seed_var_a: np.ndarray, seeds_a: np.ndarray, seed_var_b: np.ndarray,
-                          seeds_b: np.ndarray, image_var: np.ndarray, images: int,
-                          power: float = POWER) -> np.ndarray:
-    """The smallest true difference the two-sided 5% t test finds with probability ``power``.
+                          seeds_b: np.ndarray, image_var: np.ndarray, power: float = POWER) -> np.ndarray:
+    """The smallest true difference the 5% test finds with probability ``power``, with these seeds.
 
-    The usual approximation (t_{1-alpha/2} + t_{power}) x SE, with the SE and Satterthwaite df the
-    test would have with these seed counts and these variance components.
+    The usual approximation for a symmetric pivot: its 97.5% quantile (where the test rejects) plus its
+    ``power`` quantile, both of the generalized pivot the test would use with these seed counts.
     """
+    seeds_a, seeds_b = np.asarray(seeds_a, dtype=np.float64), np.asarray(seeds_b, dtype=np.float64)
     seed_a, seed_b = seed_var_a / seeds_a, seed_var_b / seeds_b
-    df = satterthwaite([(seed_a, seeds_a - 1), (seed_b, seeds_b - 1), (image_var, images - 1)])
-    se = np.sqrt(seed_a + seed_b + image_var)
-    return (t_quantile(1 - ALPHA / 2, df) + t_quantile(power, df)) * se
+    seed_df = satterthwaite([(seed_a, seeds_a - 1), (seed_b, seeds_b - 1)])
+    seed_var, image_var = seed_a + seed_b, np.broadcast_to(image_var, np.shape(seed_a))
+    return (generalized_quantile(seed_var, seed_df, image_var, CONFIDENCE)
+            + generalized_quantile(seed_var, seed_df, image_var, 2 * power - 1))
 
 
-def seeds_needed(delta: float, seed_var_a: float, seed_var_b: float, image_var: float, images: int,
-                 most: int = 100) -> float:
-    """Seeds per configuration for 80% power to detect ``delta`` on these test images; NaN beyond ``most``
-    (the test images' own error, which more seeds do not shrink, may put ``delta`` out of reach)."""
+def seeds_needed(delta: float, seed_var_a: float, seed_var_b: float, image_var: float, most: int = 100) -> float:
+    """Seeds per configuration for 80% power to detect ``delta`` on these test images: NaN where a seed
+    variance is unknown, inf beyond ``most`` (the test images' own error, which more seeds do not shrink,
+    may put ``delta`` out of reach)."""
     if not np.isfinite(seed_var_a + seed_var_b + image_var):
         return np.nan
-    seeds = np.arange(2, most + 1, dtype=np.float64)
-    detectable = detectable_difference(seed_var_a, seeds, seed_var_b, seeds, image_var, images)
-    enough = np.flatnonzero(detectable <= delta)
-    return float(seeds[enough[0]]) if len(enough) else np.nan
+
+    def detectable(seeds: int) -> float:
+        return float(detectable_difference(seed_var_a, seeds, seed_var_b, seeds, image_var))
+
+    if detectable(most) > delta:
+        return np.inf
+    low, high = 1, most  # detectable(high) <= delta; the difference shrinks as seeds grow
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if detectable(middle) > delta else (low, middle)
+    return float(high)
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:
