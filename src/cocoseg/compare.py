@@ -99,24 +99,31 @@ def _power_columns(configuration: Configuration, reference: Configuration, resul
     return columns
 
 
+def _seeds(count: int) -> str:
+    return f"{count} seed" + ("" if count == 1 else "s")
+
+
 def power_note(row: pd.Series, reference: str) -> str:
     """One sentence a reader can act on: what this comparison can detect, and what more seeds would buy."""
-    name = row["variant"]
+    name, seeds = row["variant"], int(row["seeds"])
     if name == reference:
-        return (f"{name} is the reference: {row['seeds']} seed(s), seed SD {row['test_miou_sd']:.3f}, "
+        return (f"{name} is the reference: {_seeds(seeds)}, seed SD {row['test_miou_sd']:.3f}, "
                 f"test-image SE {row['test_miou_image_se']:.3f}.")
     if not np.isfinite(row["detectable_delta"]):
         return (f"{name}: with one seed (here or in the reference) the seed spread is unknown, so its interval "
                 "covers the test images only and no test is made; train 2 or more seeds of both to compare them.")
-    wanted = []
-    for delta in PLANNED_DELTAS:
-        seeds = row[f"seeds_to_detect_{delta}"]
-        wanted.append(f"{delta:g} would take {seeds:.0f} seeds per configuration" if np.isfinite(seeds) else
-                      f"{delta:g} is out of reach of {MOST_SEEDS} seeds on these {row['test_images']} test images "
-                      "(their own error is too large: it needs more test images)")
-    return (f"{name}: {row['seeds']} seeds (seed SD {row['test_miou_sd']:.3f}; test-image SE of the difference "
-            f"{row['delta_image_se']:.3f}) detect a difference of {row['detectable_delta']:.3f} mIoU with 80% power; "
-            f"{wanted[1]}, and {wanted[0]}.")
+    now = (f"{name}: {_seeds(seeds)} (seed SD {row['test_miou_sd']:.3f}; test-image SE of the difference "
+           f"{row['delta_image_se']:.3f}) detect a difference of {row['detectable_delta']:.3f} mIoU with 80% power")
+    needed = {delta: row[f"seeds_to_detect_{delta}"] for delta in PLANNED_DELTAS}
+    order = sorted(needed, reverse=True)
+    parts = [f"{delta:g} would take {needed[delta]:.0f} seeds per configuration" for delta in order
+             if np.isfinite(needed[delta])]
+    out_of_reach = [f"{delta:g}" for delta in order if not np.isfinite(needed[delta])]
+    if out_of_reach:
+        parts.append(f"{' and '.join(out_of_reach)} {'is' if len(out_of_reach) == 1 else 'are'} out of reach of up "
+                     f"to {MOST_SEEDS} seeds on these {row['test_images']} test images, whose own error calls for "
+                     "more test images")
+    return f"{now}; {'; '.join(parts)}."
 
 
 def _with_holm(frame: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cocoseg.data.masks import palette  # noqa: E402
 from cocoseg.data.split import split_rows  # noqa: E402
@@ -204,6 +205,7 @@ def power_curves(table: pd.DataFrame, reference: str, path: str | Path, most_see
     ax.set(xlabel="seeds per configuration", ylabel="difference in test mIoU detectable at 80% power",
            title="How many seeds a difference takes (dots: this study)", yscale="log")
     ax.grid(alpha=0.3, which="both")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     else:
