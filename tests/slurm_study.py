@@ -24,7 +24,7 @@ def _tiny(run: str) -> dict:
     config["masks"]["shards"] = 1
     config["grid"]["variants"] = VARIANTS[:1]
     config["grid"]["seeds"] = [0]
-    config["evaluate"].update(reference=VARIANTS[0], bootstrap=200)
+    config["evaluate"]["reference"] = VARIANTS[0]
     config["train"].update(image_size=48, epochs=1, overrides={})
     config["wandb"]["mode"] = "disabled"
     return config
