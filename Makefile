@@ -24,11 +24,15 @@ demo: $(BIN)/activate
 test: $(BIN)/activate
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc; }
 
-# A real single-node Slurm on this machine (root; installs Debian's Slurm 22.05 and munge if missing).
+# The Slurm path: a real single-node Slurm on this machine (root; installs Debian's Slurm 22.05 and munge
+# if missing), and the profile's submissions through stand-ins for Slurm's commands. -rP prints what
+# the tests report (job ids, exit states, sbatch arguments), --durations where the time goes.
 test-slurm: $(BIN)/activate
-	command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null || \
-		{ apt-get update -qq && apt-get install -y -qq slurmctld slurmd slurm-client munge; }
-	$(BIN)/python -m pytest -m slurm tests/test_slurm.py $(PYTEST_ARGS)
+	command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && \
+		command -v sbatch >/dev/null || \
+		{ apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge; }
+	$(BIN)/python -m pytest -m slurm -rP --durations=8 tests/test_slurm.py tests/test_slurm_submission.py $(PYTEST_ARGS)
 
 lint: $(BIN)/activate
 	$(BIN)/snakemake --lint --configfile config/demo.yaml

@@ -1,0 +1,58 @@
+"""The configs and targets of the real-Slurm test (tests/test_slurm.py), shared with `make test`.
+
+The run folders come from the library's own ``run_dir_name``, and `make test` plans these exact
+targets with a dry run (tests/test_slurm_submission.py), so a change of the layout fails there, not
+only in the rarely run real-Slurm test.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from cocoseg.variants import run_dir_name
+from conftest import REPO
+
+VARIANTS = ["mobilenet_v3_large-cross_entropy-uniform", "mobilenet_v3_large-focal_tversky-oversample"]
+DATASET = "synthetic-slurm"
+
+
+def _tiny(run: str) -> dict:
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["run"] = run
+    config["dataset"].update(name=DATASET, max_images=40)
+    config["dataset"]["synthetic"].update(num_images=50)
+    config["masks"]["shards"] = 1
+    config["grid"]["variants"] = VARIANTS[:1]
+    config["grid"]["seeds"] = [0]
+    config["evaluate"]["reference"] = VARIANTS[0]
+    config["train"].update(image_size=48, epochs=1, overrides={})
+    config["wandb"]["mode"] = "disabled"
+    return config
+
+
+def study_config() -> dict:
+    """2 variants x 2 seeds, one epoch each: the whole study through the profile, then its report."""
+    config = _tiny("slurm-study")
+    config["grid"].update(variants=list(VARIANTS), seeds=[0, 1])
+    return config
+
+
+def preemption_config() -> dict:
+    """One run of several epochs, each long enough (seconds) for a SIGTERM to land while it trains."""
+    config = _tiny("slurm-preempt")
+    config["train"].update(image_size=96, epochs=5, batch_size=4, base_batch_size=4)
+    return config
+
+
+def run_folder(config: dict, variant: str, seed: int) -> str:
+    return f"results/{config['run']}/models/{run_dir_name(variant, seed)}"
+
+
+def preemption_targets(config: dict) -> list[str]:
+    return [f"{run_folder(config, VARIANTS[0], 0)}/training.json"]
+
+
+def study_targets(config: dict) -> list[str]:
+    """The comparison (it needs every run's training and evaluation) and the data stage's figures."""
+    run = f"results/{config['run']}"
+    return [f"{run}/tables/comparison.csv", f"{run}/figures/class_images.png"]
