@@ -22,9 +22,7 @@ import itertools
 import json
 import logging
 import math
-import os
 import random
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -39,12 +37,13 @@ from tqdm import tqdm
 
 from cocoseg.batches import Batch, DeviceBatches, LoaderBatches, as_tensors, eval_batches, train_batches
 from cocoseg.cache import CachedSplit, ensure_cache, load_split, manifest_sha256
-from cocoseg.distributed import Ranks, all_reduce, current_ranks, launch
 from cocoseg.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cocoseg.data.split import split_rows
 from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, select_device,
                             to_channels_last, use_threads)
 from cocoseg.io import atomic_path, link_or_copy, write_csv
+from cocoseg.lifecycle import (CHECK_EVERY, Ranks, StopRequest, TrainingInterrupted, all_reduce, current_ranks,
+                               launch, preemptible, process_threads)
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
@@ -54,15 +53,6 @@ from cocoseg.settings import EXECUTION_SETTINGS, TrainSettings, scaled_lr
 log = logging.getLogger(__name__)
 
 TIMING_COLUMNS = ("seconds", "images_per_s")
-# Steps between reads of the device-side checks (a non-finite loss; with several ranks, SIGTERM).
-CHECK_EVERY = 25
-
-
-class TrainingInterrupted(SystemExit):
-    """SIGTERM arrived: last.pt was saved; exit status 143 tells the scheduler to retry."""
-
-    def __init__(self) -> None:
-        super().__init__(143)
 
 
 def epoch_size(settings: TrainSettings, train_images: int) -> int | None:
@@ -343,24 +333,6 @@ def save_last(training: Training, state: TrainState) -> None:
                         variant=training.variant)
 
 
-class StopRequest:
-    """SIGTERM (a scheduler's pre-emption) seen in this process, or, read every CHECK_EVERY steps, on any rank."""
-
-    def __init__(self) -> None:
-        self.signalled = False
-
-    def __call__(self, *_: Any) -> None:  # the signal handler
-        self.signalled = True
-
-    def seen(self, step: int, ranks: Ranks, device: torch.device) -> bool:
-        if ranks.world_size == 1:
-            return self.signalled
-        if step % CHECK_EVERY:
-            return False
-        flag = torch.tensor(float(self.signalled), device=device)
-        return bool(all_reduce(flag, ranks, "max"))
-
-
 def _raise_if_nonfinite(training: Training, state: TrainState, nonfinite: NonFiniteLoss) -> None:
     step, value = nonfinite.first(training.ranks)
     if step:
@@ -544,28 +516,14 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     use_threads(process_threads(threads))
     cache = Path(cache_dir) if cache_dir else run_dir / "cache" / f"{settings.image_size}px"
-    # Listening from the start: a SIGTERM while the cache or the model is being set up is seen at the
-    # first step (a rank that died of it would end the job with -15 instead of 143).
-    stop = StopRequest()
-    previous_handler = signal.signal(signal.SIGTERM, stop)
-    try:
+    with preemptible() as stop:  # from the start: a SIGTERM during set-up is seen at the first step
         training = set_up(Path(manifest_path), run_dir, out_dir, classes, settings, variant, run_name, threads,
                           cache)
         state = TrainState()
         resume(training, state)
         run_epochs(training, state, on_epoch_end, stop)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
     _check_ranks_agree(training)
     return finish(training, state) if training.ranks.main else {}
-
-
-def process_threads(threads: int | None) -> int | None:
-    """This process's share of the job's ``threads``: the job's processes on this machine (torchrun's
-    ``LOCAL_WORLD_SIZE``, or ``train_distributed``'s ranks) share its cores."""
-    if not threads:
-        return None
-    return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 def train_distributed(world_size: int, *args: Any, backend: str | None = None, log_file: str | Path | None = None,
@@ -574,11 +532,6 @@ def train_distributed(world_size: int, *args: Any, backend: str | None = None, l
 
     The same as ``torchrun --nproc-per-node world_size``, for callers that are one Python process
     already (a Snakemake job). Each rank appends to ``log_file``. A failure in any rank ends them
-    all; SIGTERM is passed on to the ranks, which save ``last.pt`` and exit 143.
+    all; SIGTERM is passed on to the ranks, which save ``last.pt`` and exit 143 (``TrainingInterrupted``).
     """
-    try:
-        launch(world_size, train, args, kwargs, backend, str(log_file) if log_file else None)
-    except torch.multiprocessing.ProcessExitedException as failure:
-        if failure.exit_code == 143:
-            raise TrainingInterrupted() from None
-        raise
+    launch(world_size, train, args, kwargs, backend, str(log_file) if log_file else None)
