@@ -16,6 +16,7 @@ import torch
 from cocoseg.evaluate import evaluate
 from cocoseg.models import build_model
 from cocoseg.predict import predict
+import cocoseg.train as train_module
 from cocoseg.train import TrainingInterrupted, TrainSettings, load_checkpoint, train
 from conftest import CLASSES
 
@@ -76,15 +77,19 @@ def eager_compile(monkeypatch):
     torch._dynamo.reset()
 
 
-def test_compile_trains_resumes_after_sigterm_and_evaluates(run_dir, tmp_path, eager_compile):
+def test_compile_trains_resumes_after_sigterm_and_evaluates(run_dir, tmp_path, eager_compile, monkeypatch):
     run_training(run_dir, tmp_path / "plain", settings())
+    end_epoch = train_module.end_epoch
 
-    def pre_empt(epoch):
-        if epoch == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
+    def end_epoch_then_sigterm(training, state, *args):
+        end_epoch(training, state, *args)
+        if state.epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # pre-empted as epoch 1 ends
 
+    monkeypatch.setattr(train_module, "end_epoch", end_epoch_then_sigterm)
     with pytest.raises(TrainingInterrupted):
-        run_training(run_dir, tmp_path / "compiled", settings(compile=True), on_epoch_end=pre_empt)
+        run_training(run_dir, tmp_path / "compiled", settings(compile=True))
+    monkeypatch.setattr(train_module, "end_epoch", end_epoch)
     assert len(eager_compile) == 1
     interrupted = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.pt")
     assert interrupted["epoch"] == 1

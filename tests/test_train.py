@@ -33,11 +33,14 @@ def run_training(run_dir, out, **kwargs):
 
 
 def sigterm_after(function):
-    """``function`` that, once it has returned, sends this process SIGTERM (a scheduler's pre-emption)."""
+    """``function`` that, once it has first returned, sends this process SIGTERM (a scheduler's pre-emption)."""
+    calls = []
 
     def call_then_sigterm(*args, **kwargs):
         result = function(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
         return result
 
     return call_then_sigterm
@@ -49,16 +52,14 @@ def weights(path):
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])  # auto: bf16 on a CPU with native bf16
 @pytest.mark.parametrize("data_on_device", ["never", "always"])
-def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_path, data_on_device, precision):
+def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_path, monkeypatch, data_on_device,
+                                                                 precision):
     run_training(run_dir, tmp_path / "straight", settings=settings(data_on_device=data_on_device, precision=precision))
-
-    def pre_empt(epoch):
-        if epoch == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
-
+    end_epoch = train_module.end_epoch
+    monkeypatch.setattr(train_module, "end_epoch", sigterm_after(end_epoch))  # pre-empted as epoch 1 ends
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as stopped:
-        run_training(run_dir, tmp_path / "resumed", on_epoch_end=pre_empt,
+        run_training(run_dir, tmp_path / "resumed",
                      settings=settings(data_on_device=data_on_device, precision=precision))
     assert stopped.value.code == 143
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["epoch"] == 1
@@ -67,6 +68,7 @@ def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_pa
     assert not (tmp_path / "resumed" / "metrics.csv").exists()
     assert len(pd.read_csv(tmp_path / "resumed" / "checkpoints" / "metrics.csv")) == 1
     assert signal.getsignal(signal.SIGTERM) == before  # our handler was removed again
+    monkeypatch.setattr(train_module, "end_epoch", end_epoch)
     run_training(run_dir, tmp_path / "resumed", settings=settings(data_on_device=data_on_device, precision=precision))
 
     straight, resumed = weights(tmp_path / "straight" / "best.pt"), weights(tmp_path / "resumed" / "best.pt")

@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from cocoseg.batches import Batch, DeviceBatches, LoaderBatches, as_tensors, eval_batches, train_batches
 from cocoseg.cache import CachedSplit, ensure_cache, load_split, manifest_sha256
-from cocoseg.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cocoseg.checkpoint import (Best, PartialEpoch, TrainState, load_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state)
 from cocoseg.data.split import split_rows
 from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, select_device,
                             to_channels_last, use_threads)
@@ -47,7 +48,7 @@ from cocoseg.lifecycle import (CHECK_EVERY, Ranks, StopRequest, TrainingInterrup
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
-from cocoseg.sampling import RepeatFactorSampler, repeat_factors
+from cocoseg.sampling import SAMPLINGS, RepeatFactorSampler, repeat_factors
 from cocoseg.settings import EXECUTION_SETTINGS, TrainSettings, scaled_lr
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def _sampling_factors(train_rows: pd.DataFrame, classes: list[str], settings: Tr
     if settings.sampling == "oversample":
         presence = (train_rows[[f"pixels_{c}" for c in classes]] > 0).to_numpy()
         return repeat_factors(presence, settings.repeat_threshold)
-    raise ValueError(f"unknown sampling {settings.sampling!r}; use uniform or oversample")
+    raise ValueError(f"unknown sampling {settings.sampling!r}; use one of {', '.join(SAMPLINGS)}")
 
 
 def _loss(train_rows: pd.DataFrame, classes: list[str], settings: TrainSettings, out_dir: Path | None,
@@ -352,8 +353,8 @@ def train_one_epoch(training: Training, state: TrainState, model: torch.nn.Modul
     """
     s, device = training.settings, training.device
     model.train()
-    loss_sum = torch.full((), state.partial["loss"], device=device)
-    steps = state.partial["steps"]
+    loss_sum = torch.full((), state.partial.loss, device=device)
+    steps = state.partial.steps
     nonfinite = NonFiniteLoss(device)
     total = training.batches.steps(state.epoch) - state.step
     bar = tqdm(batches, total=total, disable=not training.ranks.main,
@@ -362,7 +363,7 @@ def train_one_epoch(training: Training, state: TrainState, model: torch.nn.Modul
         if stop.seen(step, training.ranks, device):
             _raise_if_nonfinite(training, state, nonfinite)
             state.step = step
-            state.partial = {"loss": float(loss_sum), "steps": steps, "seconds": state.partial["seconds"]}
+            state.partial = PartialEpoch(float(loss_sum), steps, state.partial.seconds)
             raise TrainingInterrupted()
         loss = train_step(model, images, masks, training.loss_fn, training.optimizer, s.aux_weight, device,
                           training.precision)
@@ -398,8 +399,8 @@ def end_epoch(training: Training, state: TrainState, train_loss: float, steps: i
                      steps, s.batch_size, train_seconds)
     state.history.append(row)
     training.scheduler.step()
-    if val["miou"] > state.best["miou"]:
-        state.best = {"miou": val["miou"], "epoch": state.epoch + 1}
+    if val["miou"] > state.best.miou:
+        state.best = Best(val["miou"], state.epoch + 1)
         if training.ranks.main:
             save_checkpoint(training.best_path, model=training.model.state_dict(), epoch=state.epoch + 1,
                             val_miou=val["miou"], settings=dataclasses.asdict(s), classes=training.classes,
@@ -411,8 +412,8 @@ def end_epoch(training: Training, state: TrainState, train_loss: float, steps: i
         # Snakemake tracks never exists for an unfinished job (see README: after a crash).
         write_csv(pd.DataFrame(state.history), training.last_path.parent / "metrics.csv")
     log.info("%s epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f at epoch %d)", training.variant,
-             state.epoch, row["train_loss"], row["val_loss"], row["val_miou"], state.best["miou"],
-             state.best["epoch"])
+             state.epoch, row["train_loss"], row["val_loss"], row["val_miou"], state.best.miou,
+             state.best.epoch)
     if wandb_run is not None:
         wandb_run.log(row, step=state.epoch)
 
@@ -439,8 +440,7 @@ def _wrapped_model(training: Training) -> torch.nn.Module:
     return model
 
 
-def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[int], None] | None,
-               stop: StopRequest) -> None:
+def run_epochs(training: Training, state: TrainState, stop: StopRequest) -> None:
     """Epochs from where ``state`` stands to the last; a ``stop`` request saves last.pt and raises
     ``TrainingInterrupted``."""
     model = _wrapped_model(training)
@@ -456,18 +456,16 @@ def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[in
                     train_loss, steps = train_one_epoch(training, state, model, stop, batches)
                 except TrainingInterrupted:
                     state.elapsed += time.perf_counter() - started
-                    state.partial["seconds"] += time.perf_counter() - started
+                    state.partial.seconds += time.perf_counter() - started
                     save_last(training, state)
                     log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", training.last_path,
                                 state.epoch + 1, state.step)
                     raise
             if training.device.type == "cuda":
                 torch.cuda.synchronize(training.device)
-            train_seconds = time.perf_counter() - started + state.partial["seconds"]
-            state.partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
+            train_seconds = time.perf_counter() - started + state.partial.seconds
+            state.partial = PartialEpoch()
             end_epoch(training, state, train_loss, steps, train_seconds, started, wandb_run)
-            if on_epoch_end is not None:
-                on_epoch_end(state.epoch - 1)
     finally:
         if wandb_run is not None:
             wandb_run.finish()
@@ -476,7 +474,7 @@ def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[in
 def finish(training: Training, state: TrainState) -> dict[str, Any]:
     """training.json, the final metrics.csv, and best.pt published from checkpoints/ (a hard link)."""
     settings, frame = training.settings, pd.DataFrame(state.history)
-    summary = {"variant": training.variant, "best_epoch": state.best["epoch"], "best_val_miou": state.best["miou"],
+    summary = {"variant": training.variant, "best_epoch": state.best.epoch, "best_val_miou": state.best.miou,
                "seed": settings.seed, "epochs": settings.epochs, "budget": settings.budget,
                "steps": int(frame["steps"].sum()), "images": int(frame["images"].sum()),
                "train_seconds": float(frame["seconds"].sum()),
@@ -504,7 +502,6 @@ def train(
     variant: str = "",
     run_name: str = "run",
     threads: int | None = None,
-    on_epoch_end: Callable[[int], None] | None = None,
     cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train one variant; write best.pt, metrics.csv, training.json and checkpoints/ under ``out_dir``.
@@ -521,7 +518,7 @@ def train(
                           cache)
         state = TrainState()
         resume(training, state)
-        run_epochs(training, state, on_epoch_end, stop)
+        run_epochs(training, state, stop)
     _check_ranks_agree(training)
     return finish(training, state) if training.ranks.main else {}
 
