@@ -252,17 +252,32 @@ def test_sigterm_while_setting_up_still_saves_and_exits_143(run_dir, tmp_path, m
     assert run_training(run_dir, tmp_path, settings=settings(epochs=1))["epochs"] == 1
 
 
-def test_select_device_maps_local_ranks_onto_the_claimed_gpus(monkeypatch):
-    """With CUDA_VISIBLE_DEVICES naming the job's claimed GPUs, rank r of the job trains on the r-th of them."""
-    from cocoseg.device import select_device
+def test_select_device_maps_local_ranks_onto_the_claimed_gpus(monkeypatch, tmp_path):
+    """A job that claims 2 of 4 GPUs while another job holds the first two sees only its own (CUDA numbers the
+    visible ones from 0), and its rank r trains on the r-th of them: no two ranks, and no two jobs, share one."""
+    import fcntl
 
+    from cocoseg.device import select_device
+    from cocoseg.lifecycle import claimed_gpus
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # what CUDA reports under CUDA_VISIBLE_DEVICES=2,3
-    for rank in (0, 1):
-        monkeypatch.setenv("LOCAL_RANK", str(rank))
-        assert select_device("auto") == torch.device("cuda", rank)
+    other_job = [open(tmp_path / f"gpu{index}.lock", "a") for index in (0, 1)]
+    for handle in other_job:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # another job's claim (the locks are per open file)
+    with claimed_gpus(2, 4, tmp_path) as slots:
+        visible = os.environ["CUDA_VISIBLE_DEVICES"].split(",")
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(visible))  # what CUDA reports then
+        devices = []
+        for rank in (0, 1):
+            monkeypatch.setenv("LOCAL_RANK", str(rank))
+            devices.append(select_device("auto"))
+    for handle in other_job:
+        handle.close()
+    assert slots == [2, 3] and visible == ["2", "3"]
+    assert devices == [torch.device("cuda", 0), torch.device("cuda", 1)]  # physical GPUs 2 and 3
     monkeypatch.delenv("LOCAL_RANK")
-    assert select_device("auto", rank=1) == torch.device("cuda", 1)
+    assert select_device("auto", rank=1) == torch.device("cuda", 1)  # without LOCAL_RANK: the rank given
     assert select_device("cpu") == torch.device("cpu")
 
 
