@@ -191,6 +191,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reaped", [True, False])
 def test_a_stuck_loader_worker_cannot_hang_the_exit(tmp_path, reaped):
     """A worker ignores SIGTERM (it is the main process's to handle), so multiprocessing's exit, which sends

@@ -26,6 +26,7 @@ def no_visible_devices(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
+@pytest.mark.slow
 def test_concurrent_jobs_get_different_gpus_and_the_next_waits(tmp_path, no_visible_devices):
     context = multiprocessing.get_context("spawn")
     report, release = context.Queue(), context.Event()
@@ -60,6 +61,7 @@ def test_a_scheduler_assignment_or_no_gpu_is_left_alone(tmp_path, monkeypatch, n
             pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpus, held, expected", [(1, [0], "1"), (2, [0, 1], "2,3")])
 def test_the_train_rule_script_trains_on_the_gpus_it_claimed(tmp_path, monkeypatch, no_visible_devices,
                                                               gpus, held, expected):

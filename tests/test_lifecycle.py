@@ -5,6 +5,7 @@ SIGTERM with loader workers and with two ranks in test_train.py, a SIGTERM to ra
 handler yet (the 143 mapping) in test_train.py, GPU claims in test_gpu_slots.py.
 """
 
+import pytest
 import torch
 
 from cocoseg import lifecycle
@@ -46,6 +47,7 @@ def test_preemptible_installs_the_stop_request_and_restores_the_handler():
 
 SIGTERM_TO_A_WORKING_WORKER = """
 import os, signal, sys
+import pytest
 import torch
 from cocoseg.lifecycle import loader_workers, started_workers
 
@@ -87,6 +89,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_spawned_ranks_do_not_rerun_the_main_script(tmp_path):
     """Spawned ranks import the parent's ``__main__`` first; under Snakemake that is the rule script, which
     fails outside Snakemake's copy (and would start the job over if it did not)."""

@@ -59,6 +59,7 @@ def assert_metrics_are_the_test_splits(run_dir, eval_dir, metrics) -> None:
     assert metrics["test"]["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_aux_loss_trains_the_aux_head_and_evaluate_and_predict_load_it(run_dir, tmp_path):
     """With aux_weight 0 the aux head gets no gradient (Adam leaves it as initialised); with 0.4 it learns.
 
@@ -89,6 +90,7 @@ def eager_compile(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_compile_trains_resumes_after_sigterm_and_evaluates(run_dir, tmp_path, eager_compile, monkeypatch):
     run_training(run_dir, tmp_path / "plain", settings())
     end_epoch = train_module.end_epoch

@@ -50,6 +50,7 @@ def weights(path):
     return load_checkpoint(path)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "auto"])  # auto: bf16 on a CPU with native bf16
 @pytest.mark.parametrize("data_on_device", ["never", "always"])
 def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_path, monkeypatch, data_on_device,
@@ -80,6 +81,7 @@ def test_resume_after_sigterm_gives_the_same_weights_and_metrics(run_dir, tmp_pa
     assert list(a["epoch"]) == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data_on_device", ["never", "always"])
 def test_resume_in_the_middle_of_an_epoch_is_exact(run_dir, tmp_path, monkeypatch, data_on_device):
     run_training(run_dir, tmp_path / "straight", settings=settings(data_on_device=data_on_device, epochs=1))
@@ -146,6 +148,7 @@ train(run_dir / "data" / "manifest.csv", run_dir, out, sys.argv[5].split(","), s
 """
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_143(run_dir, tmp_path):
     """Slurm signals every process of a job, DataLoader workers included: the job still saves and exits 143."""
     import subprocess
@@ -207,6 +210,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_two_rank_job_saves_and_exits_143(run_dir, tmp_path):
     """Slurm's SIGTERM reaches the launcher and both ranks (gloo standing in for NCCL), each with a loader
     worker: they stop together, and no worker keeps a rank from exiting."""
@@ -216,7 +220,7 @@ def test_sigterm_to_a_two_rank_job_saves_and_exits_143(run_dir, tmp_path):
 
     driver = tmp_path / "driver.py"
     driver.write_text(DISTRIBUTED_DRIVER)
-    epochs = 8
+    epochs = 4  # the kill lands after epoch 1, and the ranks stop at their next common check, before epoch 4
     job = subprocess.Popen([sys.executable, str(driver), str(run_dir), str(tmp_path), str(epochs), ",".join(CLASSES)],
                            start_new_session=True, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "checkpoints" / "last.pt"
@@ -309,6 +313,7 @@ def test_nan_loss_stops_with_epoch_and_step(run_dir, tmp_path, monkeypatch):
         run_training(run_dir, tmp_path, settings=settings(epochs=1))
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_from_the_checkpoint(run_dir, tmp_path, synthetic):
     run_training(run_dir, tmp_path / "model", settings=settings(epochs=1))
     report = evaluate(tmp_path / "model" / "best.pt", run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval")
@@ -358,6 +363,7 @@ def check_per_image_confusions(eval_dir, run_dir, manifest, report):
     assert metrics_from_confusion(saved["val_confusion"].sum(axis=0))["miou"] == pytest.approx(report["val"]["miou"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", ["steps", "epochs"])
 def test_budget_of_steps_gives_every_sampling_the_same_steps(run_dir, tmp_path, budget):
     # A threshold of 1 makes every repeat factor above 1, so an oversampled epoch is longer.
@@ -375,6 +381,7 @@ def test_budget_of_steps_gives_every_sampling_the_same_steps(run_dir, tmp_path, 
         assert summaries["oversample"]["steps"] > uniform_steps
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_settings_is_not_resumed(run_dir, tmp_path):
     run_training(run_dir, tmp_path, settings=settings(epochs=1, lr=1e-3))
     run_training(run_dir, tmp_path, settings=settings(epochs=1, lr=5e-4))
@@ -387,6 +394,7 @@ def test_checkpoint_of_other_settings_is_not_resumed(run_dir, tmp_path):
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_resumes_only_in_the_precision_it_was_trained_in(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("cocoseg.device.cpu_has_native_bf16", lambda: True)  # auto is bf16 on any CPU here
     run_training(run_dir, tmp_path, settings=settings(epochs=1, precision="fp32"))
@@ -399,6 +407,7 @@ def test_a_checkpoint_resumes_only_in_the_precision_it_was_trained_in(run_dir, t
     assert all(torch.equal(bf16[name], again[name]) for name in bf16)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_within_the_stated_tolerance(run_dir, tmp_path):
     """DistributedDataParallel on the CPU (gloo), 2 ranks of batch 2, against one process of batch 4.
 
@@ -463,6 +472,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_ranks_pre_empted_before_training_starts_still_exit_143(tmp_path):
     """A rank signalled while it imports torch or joins the group dies of SIGTERM (no handler yet): the job
     still ends as a pre-emption, 143, for the scheduler to requeue, not as a failure."""
