@@ -40,3 +40,8 @@ lint: $(BIN)/activate
 
 clean-demo:
 	rm -rf results/demo resources/synthetic-demo
+
+# The suite without the tests marked slow (real Snakemake runs, multi-process training, benchmarks): a minute.
+.PHONY: test-fast
+test-fast: $(BIN)/activate
+	$(BIN)/python -m pytest -m 'not slow and not slurm' $(PYTEST_ARGS)

@@ -20,6 +20,21 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotoo
 from cocoseg.data.synth import generate, unpack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# Slow: a real Snakemake pipeline (the data_run and full_run fixtures, test_crash.py), the benchmarks, and
+# tests marked slow in their files (training runs, several processes). `make test-fast` leaves them out.
+SLOW_FIXTURES = {"data_run", "full_run"}
+SLOW_FILES = {"test_crash.py", "test_benchmarks.py"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: real Snakemake runs, training, several processes (make test-fast "
+                                       "leaves them out)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
 TRAINING_STACK = ("torch", "torchvision", "albumentations", "cv2", "pycocotools")
 

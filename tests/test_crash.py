@@ -8,8 +8,11 @@ unfinished job, and only its lock is left to clear.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,8 +179,30 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def with_reference_data(reference: Path, root: Path) -> list[str]:
+    """``prepare(root)`` with the reference's data stage (dataset, masks, manifest, cache) and Snakemake's records
+    of it copied in, times kept: the command has only training left to do. (Killing the data stage's own jobs is
+    test_killed_mask_shards_and_cache_build_are_redone_exactly's, which builds it.)"""
+    args = prepare(root)
+
+    def left_out(folder: str, names: list[str]) -> list[str]:
+        if Path(folder) == run_dir(reference):
+            return ["models", "logs"]  # training's, to be redone
+        if Path(folder) == reference / ".snakemake":
+            return [name for name in names if name != "metadata"]  # no locks or incomplete markers
+        if Path(folder) == reference / ".snakemake" / "metadata":  # the download's params hold the reference's
+            return [name for name in names if "/archives/" in base64.urlsafe_b64decode(name).decode()]  # path
+        return ["crash.yaml"] if Path(folder) == reference else []
+
+    shutil.copytree(reference, root, ignore=left_out, dirs_exist_ok=True)
+    dry_run = snakemake([*args, "--dry-run", "--quiet", "rules"]).stdout
+    jobs = {line.split()[0] for line in dry_run.splitlines() if re.fullmatch(r"\S+\s+\d+", line.strip())}
+    assert jobs - {"total"} == {"train"}, dry_run
+    return args
+
+
 def test_killed_training_job_resumes_when_the_same_command_is_typed_again(reference, tmp_path):
-    args = prepare(tmp_path)
+    args = with_reference_data(reference, tmp_path)
     interrupted(args, tmp_path / "killed.log", first_epoch_done(tmp_path), script="train")
     assert_cut_short(tmp_path)
     snakemake(args)
@@ -209,7 +234,7 @@ def test_killed_mask_shards_and_cache_build_are_redone_exactly(reference, tmp_pa
 
 
 def test_after_a_power_loss_unlock_then_the_same_command_resumes(reference, tmp_path):
-    args = prepare(tmp_path)
+    args = with_reference_data(reference, tmp_path)
     interrupted(args, tmp_path / "power_loss.log", first_epoch_done(tmp_path))  # kill -9 of the process group
     # Snakemake marked the training's declared outputs incomplete when it started the job: none may exist.
     assert_cut_short(tmp_path)

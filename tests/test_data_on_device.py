@@ -42,9 +42,13 @@ def test_the_val_split_counts_against_the_device_memory(gpu_with_room_for):
 def test_auto_falls_back_to_the_loader_when_train_and_val_do_not_fit(gpu_with_room_for, monkeypatch):
     train, val = split(20), split(5)
     gpu_with_room_for(train.images.nbytes + train.masks.nbytes)
-    chosen = []
-    monkeypatch.setattr(batches, "DeviceBatches", lambda *args: chosen.append("device") or "device")
+    built = []
+    monkeypatch.setattr(batches, "DeviceBatches", lambda *args: built.append(args) or built)
     sampler = RepeatFactorSampler(np.ones(len(train.image_ids)), seed=0)
-    arguments = (train, sampler, 4, 0.5, 0.5, 0.0, 0, 0, torch.device("cuda", 0), "auto")
-    assert isinstance(train_batches(*arguments, val_split=val), LoaderBatches)
-    assert train_batches(*arguments) == "device" and chosen == ["device"]
+    cuda = torch.device("cuda", 0)
+    arguments = (train, sampler, 4, 0.5, 0.25, 10.0, 7, 0, cuda, "auto")
+    loader = train_batches(*arguments, val_split=val)
+    assert isinstance(loader, LoaderBatches) and not built
+    assert (loader.batch_size, loader.num_workers, loader.device, loader.dataset.seed) == (4, 0, cuda, 7)
+    assert train_batches(*arguments) is built  # fits without val: the device path, given the run's augmentation
+    assert built == [(train, sampler, 4, 0.5, 0.25, 10.0, 7, cuda)]

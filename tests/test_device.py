@@ -13,7 +13,8 @@ import torch
 from cocoseg.device import autocast, cpu_flags, cpu_has_native_bf16, resolve_precision, to_channels_last, use_threads
 from cocoseg.losses import build_loss
 from cocoseg.models import build_model
-from cocoseg.train import process_threads, train_step
+from cocoseg.lifecycle import process_threads
+from cocoseg.train import train_step
 from conftest import run_script
 
 NUM_CLASSES = 6
@@ -169,15 +170,15 @@ def test_bf16_train_step_loss_is_close_to_fp32():
 
 STUCK_WORKER = """
 import multiprocessing, os, signal, sys, time
-import cocoseg.device
-from cocoseg.device import init_loader_worker, loader_workers
+import cocoseg.lifecycle
+from cocoseg.lifecycle import init_loader_worker, loader_workers
 
 def stuck_worker():
     init_loader_worker(0)
     time.sleep(600)  # stands in for a worker blocked where the loader's shutdown cannot reach it
 
 if __name__ == "__main__":
-    cocoseg.device.WORKER_EXIT_GRACE_S = 1.0
+    cocoseg.lifecycle.WORKER_EXIT_GRACE_S = 1.0
     loader_workers(int(sys.argv[1]))  # what the loaders call; with 0 workers it registers nothing
     worker = multiprocessing.get_context("fork").Process(target=stuck_worker, daemon=True)
     worker.start()
@@ -190,6 +191,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reaped", [True, False])
 def test_a_stuck_loader_worker_cannot_hang_the_exit(tmp_path, reaped):
     """A worker ignores SIGTERM (it is the main process's to handle), so multiprocessing's exit, which sends
@@ -212,7 +214,7 @@ def test_a_stuck_loader_worker_cannot_hang_the_exit(tmp_path, reaped):
 FORKED_AFTER_OPENCV = """
 import multiprocessing, sys
 import cv2, numpy as np
-from cocoseg.device import init_loader_worker, loader_workers
+from cocoseg.lifecycle import init_loader_worker, loader_workers
 
 image = np.random.rand(1500, 1500, 3).astype(np.float32)
 
@@ -244,7 +246,7 @@ def test_loader_workers_forked_after_opencv_ran_do_not_hang(tmp_path):
 SIGTERM_WHILE_WORKERS_START = """
 import os, signal, sys
 import torch
-from cocoseg.device import init_loader_worker, loader_workers, started_workers
+from cocoseg.lifecycle import init_loader_worker, loader_workers, started_workers
 
 def signalled_before_its_init(worker_id):
     os.kill(os.getpid(), signal.SIGTERM)  # the job's SIGTERM, arriving before the worker's init has run

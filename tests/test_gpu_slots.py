@@ -7,10 +7,10 @@ import tempfile
 import pytest
 import yaml
 
-import cocoseg.distributed
+import cocoseg.lifecycle
 import cocoseg.train
 from cocoseg.config import validate_config
-from cocoseg.distributed import claimed_gpus
+from cocoseg.lifecycle import claimed_gpus
 from cocoseg.variants import tracked_settings
 from conftest import CLASSES, REPO, run_rule_script
 
@@ -26,6 +26,7 @@ def no_visible_devices(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
+@pytest.mark.slow
 def test_concurrent_jobs_get_different_gpus_and_the_next_waits(tmp_path, no_visible_devices):
     context = multiprocessing.get_context("spawn")
     report, release = context.Queue(), context.Event()
@@ -60,11 +61,12 @@ def test_a_scheduler_assignment_or_no_gpu_is_left_alone(tmp_path, monkeypatch, n
             pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpus, held, expected", [(1, [0], "1"), (2, [0, 1], "2,3")])
 def test_the_train_rule_script_trains_on_the_gpus_it_claimed(tmp_path, monkeypatch, no_visible_devices,
                                                               gpus, held, expected):
     """The train rule's own script on a stand-in four-GPU machine, where another job holds ``held``."""
-    monkeypatch.setattr(cocoseg.distributed, "machine_gpus", lambda: 4)
+    monkeypatch.setattr(cocoseg.lifecycle, "machine_gpus", lambda: 4)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # claimed_gpus keeps its lock files in $TMPDIR
     seen = {}
 

@@ -296,6 +296,7 @@ def at_most_five_percent(rate: float, trials: int) -> bool:
     return rate <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / trials)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", TESTED_ARMS, ids=lambda arm: f"{arm.name}, {arm.seeds} seeds")
 def test_calibration_on_simulated_studies_with_known_truth(arm):
     """The real comparison code on simulated studies: wrong claims at most at the stated 5%, a large effect found.

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from cocoseg.augment import augment_batch, normalize
 from cocoseg.cache import CachedSplit
 from cocoseg.datasets import CachedTrainDataset, train_transform
-from cocoseg.device import loader_workers, started_workers
+from cocoseg.lifecycle import loader_workers, started_workers
 from cocoseg.sampling import RepeatFactorSampler
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -19,21 +19,39 @@ from cocoseg.io import atomic_path
 
 
 @dataclass
+class Best:
+    """The epoch with the best validation mIoU so far (1-based; -1: none yet)."""
+
+    miou: float = -1.0
+    epoch: int = -1
+
+
+@dataclass
+class PartialEpoch:
+    """An epoch interrupted part way: its loss sum, steps and seconds so far, for its row."""
+
+    loss: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
 class TrainState:
     epoch: int = 0  # epochs done
     step: int = 0  # steps done in the current epoch
     elapsed: float = 0.0  # wall seconds, interruptions excluded
-    best: dict[str, Any] = field(default_factory=lambda: {"miou": -1.0, "epoch": -1})
+    best: Best = field(default_factory=Best)
     history: list[dict[str, Any]] = field(default_factory=list)
-    # An epoch interrupted part way: its loss sum, steps and seconds so far, for its row.
-    partial: dict[str, Any] = field(default_factory=lambda: {"loss": 0.0, "steps": 0, "seconds": 0.0})
+    partial: PartialEpoch = field(default_factory=PartialEpoch)
 
     def state_dict(self) -> dict[str, Any]:
+        """Plain types (``best`` and ``partial`` as dicts), as torch.load(weights_only=True) reads them."""
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in self.state_dict():
-            setattr(self, name, state[name])
+        self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
+        self.best, self.partial = Best(**state["best"]), PartialEpoch(**state["partial"])
+        self.history = state["history"]
 
 
 def rng_state() -> dict[str, Any]:

@@ -28,7 +28,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def train_transform(hflip: float = 0.5, vflip: float = 0.0, rotate: float = 0.0) -> A.Compose:
+def train_transform(hflip: float, vflip: float, rotate: float) -> A.Compose:
     """Flips, rotation (ignore label as the mask's fill), normalization; for already resized images."""
     steps: list[Any] = []
     if hflip:

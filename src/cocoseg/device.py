@@ -9,16 +9,11 @@ channels_last logits reads contiguous memory.
 
 from __future__ import annotations
 
-import atexit
 import functools
-import multiprocessing
 import os
-import signal
-import time
-from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -29,7 +24,6 @@ _NAMES = {torch.bfloat16: "bf16", None: "fp32"}
 _BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 T = TypeVar("T", torch.Tensor, torch.nn.Module)
-Item = TypeVar("Item")
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -100,77 +94,3 @@ def use_threads(threads: int | None) -> None:
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
-
-
-WORKER_EXIT_GRACE_S = 2.0  # how long a process waits at exit for loader workers (torch's shutdown waited already)
-
-
-def init_loader_worker(_: int) -> None:
-    """DataLoader ``worker_init_fn``: SIGTERM left to the main process (workers start with it blocked, see
-    ``started_workers``, so one that arrives while a worker starts is dropped here, not fatal).
-
-    Slurm signals every process of a job: a worker that died of it would make the main process
-    raise "DataLoader worker killed" instead of saving ``last.pt`` and exiting 143. The main
-    process stops at its next step and shuts its workers down itself (and kills, at its exit,
-    any that did not end: see ``reap_loader_workers_at_exit``).
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-def loader_workers(num_workers: int) -> dict[str, Any]:
-    """DataLoader arguments for ``num_workers`` workers that leave SIGTERM to this process and cannot hang its exit.
-
-    Workers are forked where the platform can, whatever the process's start method (a spawned DDP
-    rank's is spawn): they inherit the SIGTERM block of ``started_workers``, which a spawned worker
-    does not. Each runs on one thread: torch sets its own pool so in every worker; OpenCV's is set
-    here, for the workers to inherit (``cv2.setNumThreads`` in a forked worker deadlocks once this
-    process's OpenCV pool has run).
-    """
-    if not num_workers:
-        return {"num_workers": 0}
-    import cv2
-
-    cv2.setNumThreads(1)
-    reap_loader_workers_at_exit()
-    fork = "fork" in multiprocessing.get_all_start_methods()
-    return {"num_workers": num_workers, "worker_init_fn": init_loader_worker,
-            "multiprocessing_context": "fork" if fork else None}
-
-
-def started_workers(loader: Iterable[Item]) -> Iterator[Item]:
-    """``iter(loader)``, which starts its workers, with SIGTERM held back in this thread meanwhile.
-
-    Forked workers inherit the block, so a SIGTERM sent to the whole job while they start cannot kill
-    one before ``init_loader_worker`` runs: a worker killed so would make this process raise "DataLoader
-    worker exited unexpectedly", or, were it spawned, block this process for good, writing the worker's
-    start-up data into a pipe nobody reads. Held back here, the signal reaches this process's handler
-    once the workers are up.
-    """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        return iter(loader)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@functools.cache
-def reap_loader_workers_at_exit() -> None:
-    """At this process's exit, SIGKILL loader workers still alive after ``WORKER_EXIT_GRACE_S``.
-
-    Workers ignore SIGTERM, and multiprocessing ends its daemonic children at exit with SIGTERM and
-    then waits for them without a limit: one stuck worker would hang the job. Registered after
-    multiprocessing's own exit handler, this one runs before it (a spawned rank, whose exit waits for
-    its children before any atexit handler, calls ``kill_stuck_loader_workers`` itself).
-    """
-    atexit.register(kill_stuck_loader_workers)
-
-
-def kill_stuck_loader_workers() -> None:
-    """SIGKILL this process's loader workers (daemonic children) still alive after ``WORKER_EXIT_GRACE_S``."""
-    deadline = time.monotonic() + WORKER_EXIT_GRACE_S
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.join(max(0.0, deadline - time.monotonic()))
-            if child.is_alive():
-                child.kill()

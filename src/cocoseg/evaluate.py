@@ -23,9 +23,10 @@ from cocoseg.checkpoint import load_checkpoint
 from cocoseg.data.masks import palette, save_mask
 from cocoseg.data.split import split_rows
 from cocoseg.datasets import SegmentationDataset, collate_eval, eval_transform
-from cocoseg.device import (MEMORY_FORMAT, autocast, loader_workers, precision_name, resolve_precision,
-                            select_device, to_channels_last, use_threads)
+from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, select_device,
+                            to_channels_last, use_threads)
 from cocoseg.io import atomic_path, publish_folder, work_folder, write_csv
+from cocoseg.lifecycle import loader_workers
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
 from cocoseg.settings import TrainSettings

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,14 +24,12 @@ def configure(log_file: str | Path | None = None, level: int = logging.INFO, app
 
 @contextlib.contextmanager
 def logged(log_file: str | Path | None) -> Iterator[logging.Logger]:
-    """Log to ``log_file`` for the duration; an exception is written there before it propagates."""
+    """Log to ``log_file`` for the duration; an exception is logged with its traceback (to stderr, and to
+    ``log_file`` when there is one) before it propagates."""
     configure(log_file)
     logger = logging.getLogger("cocoseg")
     try:
         yield logger
     except Exception as e:
-        logger.error("failed: %s", e)
-        if log_file:  # the traceback goes to the log; the console gets the message
-            with open(log_file, "a", encoding="utf-8") as f:
-                f.write(traceback.format_exc())
+        logger.exception("failed: %s", e)
         raise

@@ -18,7 +18,7 @@ EXECUTION_SETTINGS = ("num_workers", "eval_batch_size", "device", "wandb_mode", 
 UNTRACKED_SETTINGS = tuple(name for name in EXECUTION_SETTINGS if name != "precision")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
     backbone: str
     loss: str

@@ -22,11 +22,9 @@ import itertools
 import json
 import logging
 import math
-import os
 import random
-import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,30 +37,23 @@ from tqdm import tqdm
 
 from cocoseg.batches import Batch, DeviceBatches, LoaderBatches, as_tensors, eval_batches, train_batches
 from cocoseg.cache import CachedSplit, ensure_cache, load_split, manifest_sha256
-from cocoseg.distributed import Ranks, all_reduce, current_ranks, launch
-from cocoseg.checkpoint import TrainState, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cocoseg.checkpoint import (Best, PartialEpoch, TrainState, load_checkpoint, rng_state, save_checkpoint,
+                                set_rng_state)
 from cocoseg.data.split import split_rows
 from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, select_device,
                             to_channels_last, use_threads)
 from cocoseg.io import atomic_path, link_or_copy, write_csv
+from cocoseg.lifecycle import (CHECK_EVERY, Ranks, StopRequest, TrainingInterrupted, all_reduce, current_ranks,
+                               launch, preemptible, process_threads)
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
-from cocoseg.sampling import RepeatFactorSampler, repeat_factors
+from cocoseg.sampling import SAMPLINGS, RepeatFactorSampler, repeat_factors
 from cocoseg.settings import EXECUTION_SETTINGS, TrainSettings, scaled_lr
 
 log = logging.getLogger(__name__)
 
 TIMING_COLUMNS = ("seconds", "images_per_s")
-# Steps between reads of the device-side checks (a non-finite loss; with several ranks, SIGTERM).
-CHECK_EVERY = 25
-
-
-class TrainingInterrupted(SystemExit):
-    """SIGTERM arrived: last.pt was saved; exit status 143 tells the scheduler to retry."""
-
-    def __init__(self) -> None:
-        super().__init__(143)
 
 
 def epoch_size(settings: TrainSettings, train_images: int) -> int | None:
@@ -149,7 +140,7 @@ def _sampling_factors(train_rows: pd.DataFrame, classes: list[str], settings: Tr
     if settings.sampling == "oversample":
         presence = (train_rows[[f"pixels_{c}" for c in classes]] > 0).to_numpy()
         return repeat_factors(presence, settings.repeat_threshold)
-    raise ValueError(f"unknown sampling {settings.sampling!r}; use uniform or oversample")
+    raise ValueError(f"unknown sampling {settings.sampling!r}; use one of {', '.join(SAMPLINGS)}")
 
 
 def _loss(train_rows: pd.DataFrame, classes: list[str], settings: TrainSettings, out_dir: Path | None,
@@ -343,24 +334,6 @@ def save_last(training: Training, state: TrainState) -> None:
                         variant=training.variant)
 
 
-class StopRequest:
-    """SIGTERM (a scheduler's pre-emption) seen in this process, or, read every CHECK_EVERY steps, on any rank."""
-
-    def __init__(self) -> None:
-        self.signalled = False
-
-    def __call__(self, *_: Any) -> None:  # the signal handler
-        self.signalled = True
-
-    def seen(self, step: int, ranks: Ranks, device: torch.device) -> bool:
-        if ranks.world_size == 1:
-            return self.signalled
-        if step % CHECK_EVERY:
-            return False
-        flag = torch.tensor(float(self.signalled), device=device)
-        return bool(all_reduce(flag, ranks, "max"))
-
-
 def _raise_if_nonfinite(training: Training, state: TrainState, nonfinite: NonFiniteLoss) -> None:
     step, value = nonfinite.first(training.ranks)
     if step:
@@ -380,8 +353,8 @@ def train_one_epoch(training: Training, state: TrainState, model: torch.nn.Modul
     """
     s, device = training.settings, training.device
     model.train()
-    loss_sum = torch.full((), state.partial["loss"], device=device)
-    steps = state.partial["steps"]
+    loss_sum = torch.full((), state.partial.loss, device=device)
+    steps = state.partial.steps
     nonfinite = NonFiniteLoss(device)
     total = training.batches.steps(state.epoch) - state.step
     bar = tqdm(batches, total=total, disable=not training.ranks.main,
@@ -390,7 +363,7 @@ def train_one_epoch(training: Training, state: TrainState, model: torch.nn.Modul
         if stop.seen(step, training.ranks, device):
             _raise_if_nonfinite(training, state, nonfinite)
             state.step = step
-            state.partial = {"loss": float(loss_sum), "steps": steps, "seconds": state.partial["seconds"]}
+            state.partial = PartialEpoch(float(loss_sum), steps, state.partial.seconds)
             raise TrainingInterrupted()
         loss = train_step(model, images, masks, training.loss_fn, training.optimizer, s.aux_weight, device,
                           training.precision)
@@ -426,8 +399,8 @@ def end_epoch(training: Training, state: TrainState, train_loss: float, steps: i
                      steps, s.batch_size, train_seconds)
     state.history.append(row)
     training.scheduler.step()
-    if val["miou"] > state.best["miou"]:
-        state.best = {"miou": val["miou"], "epoch": state.epoch + 1}
+    if val["miou"] > state.best.miou:
+        state.best = Best(val["miou"], state.epoch + 1)
         if training.ranks.main:
             save_checkpoint(training.best_path, model=training.model.state_dict(), epoch=state.epoch + 1,
                             val_miou=val["miou"], settings=dataclasses.asdict(s), classes=training.classes,
@@ -439,8 +412,8 @@ def end_epoch(training: Training, state: TrainState, train_loss: float, steps: i
         # Snakemake tracks never exists for an unfinished job (see README: after a crash).
         write_csv(pd.DataFrame(state.history), training.last_path.parent / "metrics.csv")
     log.info("%s epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f (best %.4f at epoch %d)", training.variant,
-             state.epoch, row["train_loss"], row["val_loss"], row["val_miou"], state.best["miou"],
-             state.best["epoch"])
+             state.epoch, row["train_loss"], row["val_loss"], row["val_miou"], state.best.miou,
+             state.best.epoch)
     if wandb_run is not None:
         wandb_run.log(row, step=state.epoch)
 
@@ -467,8 +440,7 @@ def _wrapped_model(training: Training) -> torch.nn.Module:
     return model
 
 
-def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[int], None] | None,
-               stop: StopRequest) -> None:
+def run_epochs(training: Training, state: TrainState, stop: StopRequest) -> None:
     """Epochs from where ``state`` stands to the last; a ``stop`` request saves last.pt and raises
     ``TrainingInterrupted``."""
     model = _wrapped_model(training)
@@ -484,18 +456,16 @@ def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[in
                     train_loss, steps = train_one_epoch(training, state, model, stop, batches)
                 except TrainingInterrupted:
                     state.elapsed += time.perf_counter() - started
-                    state.partial["seconds"] += time.perf_counter() - started
+                    state.partial.seconds += time.perf_counter() - started
                     save_last(training, state)
                     log.warning("SIGTERM: saved %s at epoch %d step %d; exiting", training.last_path,
                                 state.epoch + 1, state.step)
                     raise
             if training.device.type == "cuda":
                 torch.cuda.synchronize(training.device)
-            train_seconds = time.perf_counter() - started + state.partial["seconds"]
-            state.partial = {"loss": 0.0, "steps": 0, "seconds": 0.0}
+            train_seconds = time.perf_counter() - started + state.partial.seconds
+            state.partial = PartialEpoch()
             end_epoch(training, state, train_loss, steps, train_seconds, started, wandb_run)
-            if on_epoch_end is not None:
-                on_epoch_end(state.epoch - 1)
     finally:
         if wandb_run is not None:
             wandb_run.finish()
@@ -504,7 +474,7 @@ def run_epochs(training: Training, state: TrainState, on_epoch_end: Callable[[in
 def finish(training: Training, state: TrainState) -> dict[str, Any]:
     """training.json, the final metrics.csv, and best.pt published from checkpoints/ (a hard link)."""
     settings, frame = training.settings, pd.DataFrame(state.history)
-    summary = {"variant": training.variant, "best_epoch": state.best["epoch"], "best_val_miou": state.best["miou"],
+    summary = {"variant": training.variant, "best_epoch": state.best.epoch, "best_val_miou": state.best.miou,
                "seed": settings.seed, "epochs": settings.epochs, "budget": settings.budget,
                "steps": int(frame["steps"].sum()), "images": int(frame["images"].sum()),
                "train_seconds": float(frame["seconds"].sum()),
@@ -532,7 +502,6 @@ def train(
     variant: str = "",
     run_name: str = "run",
     threads: int | None = None,
-    on_epoch_end: Callable[[int], None] | None = None,
     cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train one variant; write best.pt, metrics.csv, training.json and checkpoints/ under ``out_dir``.
@@ -544,28 +513,14 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     use_threads(process_threads(threads))
     cache = Path(cache_dir) if cache_dir else run_dir / "cache" / f"{settings.image_size}px"
-    # Listening from the start: a SIGTERM while the cache or the model is being set up is seen at the
-    # first step (a rank that died of it would end the job with -15 instead of 143).
-    stop = StopRequest()
-    previous_handler = signal.signal(signal.SIGTERM, stop)
-    try:
+    with preemptible() as stop:  # from the start: a SIGTERM during set-up is seen at the first step
         training = set_up(Path(manifest_path), run_dir, out_dir, classes, settings, variant, run_name, threads,
                           cache)
         state = TrainState()
         resume(training, state)
-        run_epochs(training, state, on_epoch_end, stop)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        run_epochs(training, state, stop)
     _check_ranks_agree(training)
     return finish(training, state) if training.ranks.main else {}
-
-
-def process_threads(threads: int | None) -> int | None:
-    """This process's share of the job's ``threads``: the job's processes on this machine (torchrun's
-    ``LOCAL_WORLD_SIZE``, or ``train_distributed``'s ranks) share its cores."""
-    if not threads:
-        return None
-    return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 def train_distributed(world_size: int, *args: Any, backend: str | None = None, log_file: str | Path | None = None,
@@ -574,11 +529,6 @@ def train_distributed(world_size: int, *args: Any, backend: str | None = None, l
 
     The same as ``torchrun --nproc-per-node world_size``, for callers that are one Python process
     already (a Snakemake job). Each rank appends to ``log_file``. A failure in any rank ends them
-    all; SIGTERM is passed on to the ranks, which save ``last.pt`` and exit 143.
+    all; SIGTERM is passed on to the ranks, which save ``last.pt`` and exit 143 (``TrainingInterrupted``).
     """
-    try:
-        launch(world_size, train, args, kwargs, backend, str(log_file) if log_file else None)
-    except torch.multiprocessing.ProcessExitedException as failure:
-        if failure.exit_code == 143:
-            raise TrainingInterrupted() from None
-        raise
+    launch(world_size, train, args, kwargs, backend, str(log_file) if log_file else None)

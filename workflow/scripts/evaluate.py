@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from cocoseg.evaluate import evaluate
-from cocoseg.distributed import claimed_gpus
+from cocoseg.lifecycle import claimed_gpus
 from cocoseg.logs import logged
 
 # Execution settings come from the config, not params: Snakemake reruns a job whose params change, and

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from cocoseg.distributed import claimed_gpus
+from cocoseg.lifecycle import claimed_gpus
 from cocoseg.logs import logged
 from cocoseg.train import train, train_distributed
 from cocoseg.variants import run_settings
