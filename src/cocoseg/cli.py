@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with logged(args.log):
             args.func(args)
-    except Exception as e:  # the log holds the traceback; the user gets one clear line
+    except Exception as e:  # logged() has written the traceback; the user gets one clear line last
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
