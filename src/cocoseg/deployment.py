@@ -16,6 +16,7 @@ on the PyTorch model (``FlopCounterMode``: 2 FLOPs a multiply-add), the same gra
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
@@ -164,14 +165,14 @@ class Runtime:
             self.model(images)
 
 
-def runtimes(onnx_path: str | Path, checkpoint: str | Path, threads: int | None) -> tuple[list[Runtime], list]:
-    """The runtimes of the table, and those that could not load here (``Unavailable``)."""
-    reference, state = fp32_model(checkpoint)
-    project, _ = fp32_model(checkpoint)
-    dtype = resolve_precision(state["settings"].get("precision", "auto"), CPU)
+def runtimes(onnx_path: str | Path, model: torch.nn.Module, dtype: torch.dtype | None,
+             threads: int | None) -> tuple[list[Runtime], list[Unavailable]]:
+    """The runtimes of the table for ``model`` (fp32, contiguous) and its export, ``dtype`` the project's
+    autocast on this CPU; and those that could not load here."""
     found: list[Runtime] = [
-        Runtime("pytorch", "fp32", "contiguous", reference),
-        Runtime("pytorch (project)", precision_name(dtype), "channels_last", to_channels_last(project), dtype),
+        Runtime("pytorch", "fp32", "contiguous", model),
+        Runtime("pytorch (project)", precision_name(dtype), "channels_last", to_channels_last(copy.deepcopy(model)),
+                dtype),
         Runtime("onnxruntime", "fp32", "contiguous", OnnxRuntimeModel(onnx_path, threads)),
     ]
     skipped = []
@@ -183,6 +184,14 @@ def runtimes(onnx_path: str | Path, checkpoint: str | Path, threads: int | None)
     return found, skipped
 
 
+def time_runtimes(found: list[Runtime], images: torch.Tensor, seconds: float) -> list[dict[str, float]]:
+    """Throughput at the batch ``images`` and latency of its first image alone, for each runtime, interleaved."""
+    batch_seconds = interleaved_timings([_bound(r.run, r.prepare(images)) for r in found], seconds)
+    image_seconds = interleaved_timings([_bound(r.run, r.prepare(images[:1])) for r in found], seconds / 2)
+    return [{"images_per_s": len(images) / per_batch, "latency_ms": latency * 1e3}
+            for per_batch, latency in zip(batch_seconds, image_seconds)]
+
+
 def _bound(run: Callable[[torch.Tensor], None], images: torch.Tensor) -> Callable[[], None]:
     return lambda: run(images)
 
@@ -191,26 +200,21 @@ def deployment_table(onnx_path: str | Path, checkpoint: str | Path, manifest: st
                      batch_size: int = 16, seconds: float = 2.0, threads: int | None = None) -> pd.DataFrame:
     """One row per runtime: throughput, latency, parameters, FLOPs, test mIoU (see the module's text)."""
     use_threads(threads)
-    found, skipped = runtimes(onnx_path, checkpoint, threads)
-    reference = found[0].model
-    state = fp32_model(checkpoint)[1]
+    reference, state = fp32_model(checkpoint)
+    dtype = resolve_precision(state["settings"].get("precision", "auto"), CPU)
+    found, skipped = runtimes(onnx_path, reference, dtype, threads)
     size, num_classes = state["settings"]["image_size"], len(state["classes"]) + 1
     rows, loader = test_split(manifest, run_dir, state, batch_size)
-    images = timing_images(rows, size, batch_size)
     params = sum(p.numel() for p in reference.parameters())
     flops = count_flops(reference, size)
-    batch_seconds = interleaved_timings([_bound(r.run, r.prepare(images)) for r in found], seconds)
-    image_seconds = interleaved_timings([_bound(r.run, r.prepare(images[:1])) for r in found], seconds / 2)
     table = []
-    for runtime, per_batch, latency in zip(found, batch_seconds, image_seconds):
-        throughput = batch_size / per_batch
+    for runtime, timing in zip(found, time_runtimes(found, timing_images(rows, size, batch_size), seconds)):
         miou = test_miou(runtime.model, loader, num_classes, runtime.autocast)
         log.info("%s %s: %.1f images/s, %.2f ms an image, test mIoU %.4f", runtime.name, runtime.precision,
-                 throughput, latency * 1e3, miou)
+                 timing["images_per_s"], timing["latency_ms"], miou)
         table.append({"runtime": runtime.name, "precision": runtime.precision, "memory_format": runtime.memory_format,
-                      "image_size": size, "batch_size": batch_size, "images_per_s": throughput,
-                      "latency_ms": latency * 1e3, "params": params, "gflops_per_image": flops / 1e9,
-                      "test_miou": miou, "note": ""})
+                      "image_size": size, "batch_size": batch_size, **timing, "params": params,
+                      "gflops_per_image": flops / 1e9, "test_miou": miou, "note": ""})
     for runtime in skipped:
         table.append({"runtime": runtime.runtime, "note": f"skipped: {runtime.reason}"})
     frame = pd.DataFrame(table)
