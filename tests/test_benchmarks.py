@@ -41,3 +41,16 @@ def test_bench_bootstrap_smoke(tmp_path):
     result = json.loads(out.read_text())
     # The vectorised replicates are the loop's, to rounding: the benchmark compares like with like.
     assert result["max_abs_difference"] < 1e-12 and result["resamples"] == 100
+
+
+def test_bench_deploy_smoke(tmp_path):
+    out = tmp_path / "deploy.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_deploy.py"), "--size", "32", "--batch-size", "2",
+                    "--seconds", "0.05", "--threads", "2", "--json", str(out)], check=True, cwd=tmp_path, timeout=300)
+    result = json.loads(out.read_text())
+    rows = {(row["backbone"], row["runtime"]): row for row in result["rows"]}
+    for backbone in ("mobilenet_v3_large", "resnet50"):
+        assert {"pytorch", "pytorch (project)", "onnxruntime", "openvino"} <= {b for a, b in rows if a == backbone}
+        assert rows[backbone, "pytorch"]["speedup"] == 1 and rows[backbone, "pytorch"]["max_logit_difference"] == 0
+        assert rows[backbone, "onnxruntime"]["max_logit_difference"] < 1e-3  # fp32 against fp32
+        assert rows[backbone, "onnxruntime"]["images_per_s"] > 0

@@ -33,7 +33,7 @@ def test_dry_run_plans_the_study_without_network(tmp_path):
     assert jobs["download"] == "2" and jobs["masks"] == "8" and jobs["stats"] == "1"
     # 12 configurations x 3 seeds; prediction figures show each configuration's first seed.
     assert jobs["train"] == jobs["evaluate"] == "36" and jobs["prediction_figures"] == "12"
-    assert jobs["compare"] == "1"
+    assert jobs["compare"] == jobs["export"] == jobs["deployment"] == "1"
     assert "synth" not in jobs
     assert "http://images.cocodataset.org/zips/val2014.zip" in out
 
@@ -209,7 +209,8 @@ def test_every_variant_is_trained_evaluated_and_reported(full_run):
                               .read_text())["seed"] == seed
     html = (full_run / "report.html").read_text()
     for name in ("summary.html", "per_class_iou.html", "class_images.png", "training_curves.png",
-                 "confusion.png", f"predictions/{variants[0]}.png", "comparison.html", "forest.png"):
+                 "confusion.png", f"predictions/{variants[0]}.png", "comparison.html", "forest.png",
+                 "deployment.html"):
         assert name in html, name
 
 
@@ -232,6 +233,20 @@ def test_comparison_table_ranks_by_validation_with_the_reference_at_zero(full_ru
     # Steps budget: every variant of a backbone took the same optimizer steps, oversampled or not.
     steps = table.assign(backbone=table["variant"].str.split("-").str[0]).groupby("backbone")["steps"].nunique()
     assert (steps == 1).all()
+
+
+def test_the_exported_model_is_the_run_validation_chooses_and_verified(full_run):
+    run = full_run / "results" / "tiny"
+    summary = pd.read_csv(run / "tables" / "summary.csv")  # its first row: the run validation chooses
+    sidecar = json.loads((run / "deploy" / "model.json").read_text())
+    assert (sidecar["provenance"]["variant"], sidecar["provenance"]["seed"]) == (summary["variant"][0],
+                                                                                 summary["seed"][0])
+    assert (run / "deploy" / "model.onnx").stat().st_size > 0
+    check = sidecar["verification"]
+    assert check["max_logit_difference"] <= 1e-3 and abs(check["miou_difference"]) <= 1e-3
+    table = pd.read_csv(run / "tables" / "deployment.csv").set_index("runtime")
+    assert {"pytorch", "pytorch (project)", "onnxruntime", "openvino"} <= set(table.index)
+    assert table.loc["onnxruntime", "test_miou"] == pytest.approx(check["test_miou"], abs=1e-12)
 
 
 def test_trained_models_beat_the_all_background_baseline(full_run):
