@@ -111,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     manifest = Path(args.manifest)
     evaluate(args.checkpoint, manifest, manifest.parents[1], args.out_dir, args.num_workers, args.batch_size,
-             args.threads, args.device, args.precision)
+             args.threads, args.device, args.precision, args.engine)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -289,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--threads", type=int, help="intra-op threads (default: torch's, one per core)")
     sub.add_argument("--device", default="auto")
     sub.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the checkpoint's train.precision")
+    sub.add_argument("--engine", choices=["pytorch", "onnxruntime", "openvino"], default="pytorch",
+                     help="what runs the network (onnxruntime, openvino: the checkpoint exported to ONNX, on the CPU)")
 
     sub = step("compare", cmd_compare, "bootstrap intervals and paired comparisons of every evaluated variant "
                "with evaluate.reference: tables/comparison.{csv,html}, comparison_per_class.csv, figures/forest.png")
