@@ -23,6 +23,7 @@ def test_bench_train_smoke(tmp_path):
         assert (paths["cocoseg"]["precision"], paths["cocoseg"]["memory_format"]) == (result["precision"],
                                                                                        "channels_last")
         assert (paths["study"]["precision"], paths["study"]["memory_format"]) == ("fp32", "contiguous")
+        assert paths["cocoseg"]["eval_engine"] == f"pytorch {result['precision']}"  # evaluate.engine's default
         for name in ("cocoseg", "study"):
             assert paths[name]["train"]["images"] > 0 and paths[name]["train"]["images_per_s"] > 0
             assert paths[name]["eval"]["images"] == result["images"]
