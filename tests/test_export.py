@@ -21,7 +21,7 @@ from PIL import Image
 from cocoseg.checkpoint import save_checkpoint
 from cocoseg.datasets import IMAGENET_MEAN, IMAGENET_STD, read_mask
 from cocoseg.deployment import (VerificationFailed, chosen_checkpoint, count_flops, deployment_table, export_verified,
-                                verify)
+                                verify, write_deployment)
 from cocoseg.evaluate import evaluate
 from cocoseg.export import OPSET, export, fp32_model, rank_runs
 from cocoseg.models import build_model
@@ -194,6 +194,10 @@ def test_bad_inputs_name_the_file_and_the_fix(exported, tmp_path, synthetic):
     text.write_text("not an image")
     with pytest.raises(ValueError, match=f"{text} is not an image Pillow can read .*; pass JPEG or PNG files"):
         predict(None, [text], tmp_path / "out", model=folder / "deploy" / "model.onnx")
+    other = make_checkpoint(tmp_path / "other.pt", seed=3)
+    with pytest.raises(ValueError, match=f"{other} is not the checkpoint .* was exported from .*; export it again"):
+        write_deployment(folder / "deploy" / "model.onnx", other, tmp_path / "manifest.csv", tmp_path,
+                         tmp_path / "d.csv", tmp_path / "d.html")
     result = subprocess.run([sys.executable, "-m", "cocoseg", "predict", "--model", str(not_onnx), "--out-dir",
                              str(tmp_path / "out"), str(image)], capture_output=True, text=True)
     assert result.returncode == 1 and f"error: {not_onnx} is not an ONNX model" in result.stderr

@@ -35,7 +35,7 @@ from cocoseg.data.split import split_rows
 from cocoseg.datasets import eval_transform, read_rgb
 from cocoseg.device import autocast, precision_name, resolve_precision, to_channels_last, use_threads
 from cocoseg.evaluate import eval_loader, evaluate_model
-from cocoseg.export import export, fp32_model, rank_runs, read_sidecar
+from cocoseg.export import checked_checkpoint, export, fp32_model, rank_runs, read_sidecar, sha256_of
 from cocoseg.io import write_csv, write_html_table
 from cocoseg.runtimes import OnnxRuntimeModel, Unavailable, load_openvino
 from cocoseg.settings import TrainSettings
@@ -66,7 +66,7 @@ class Paired(torch.nn.Module):
         return out
 
 
-def test_split(manifest: str | Path, run_dir: str | Path, state: dict[str, Any],
+def split_loader(manifest: str | Path, run_dir: str | Path, state: dict[str, Any],
                batch_size: int) -> tuple[pd.DataFrame, Any]:
     rows = split_rows(pd.read_csv(manifest), "test")
     if rows.empty:
@@ -75,7 +75,7 @@ def test_split(manifest: str | Path, run_dir: str | Path, state: dict[str, Any],
     return rows, eval_loader(rows, Path(run_dir), settings)
 
 
-def test_miou(model: torch.nn.Module, loader: Any, num_classes: int, precision: torch.dtype | None = None) -> float:
+def split_miou(model: torch.nn.Module, loader: Any, num_classes: int, precision: torch.dtype | None = None) -> float:
     return float(evaluate_model(model, loader, num_classes, CPU, precision)["miou"])
 
 
@@ -86,10 +86,10 @@ def verify(onnx_path: str | Path, model: torch.nn.Module, state: dict[str, Any],
     ``evaluation/metrics.json``, whose test mIoU (in the precision evaluate ran in) is set beside them."""
     use_threads(threads)
     num_classes = len(state["classes"]) + 1
-    rows, loader = test_split(manifest, run_dir, state, batch_size)
+    rows, loader = split_loader(manifest, run_dir, state, batch_size)
     paired = Paired(OnnxRuntimeModel(onnx_path, threads), model)
-    onnx_miou = test_miou(paired, loader, num_classes)
-    torch_miou = test_miou(model, loader, num_classes)
+    onnx_miou = split_miou(paired, loader, num_classes)
+    torch_miou = split_miou(model, loader, num_classes)
     result = {"runtime": "onnxruntime", "precision": "fp32", "reference": "pytorch fp32 (cpu)",
               "test_images": len(rows), "max_logit_difference": paired.max_difference,
               "max_abs_logit": paired.max_logit, "logit_tolerance": logit_tolerance,
@@ -204,12 +204,12 @@ def deployment_table(onnx_path: str | Path, checkpoint: str | Path, manifest: st
     dtype = resolve_precision(state["settings"].get("precision", "auto"), CPU)
     found, skipped = runtimes(onnx_path, reference, dtype, threads)
     size, num_classes = state["settings"]["image_size"], len(state["classes"]) + 1
-    rows, loader = test_split(manifest, run_dir, state, batch_size)
+    rows, loader = split_loader(manifest, run_dir, state, batch_size)
     params = sum(p.numel() for p in reference.parameters())
     flops = count_flops(reference, size)
     table = []
     for runtime, timing in zip(found, time_runtimes(found, timing_images(rows, size, batch_size), seconds)):
-        miou = test_miou(runtime.model, loader, num_classes, runtime.autocast)
+        miou = split_miou(runtime.model, loader, num_classes, runtime.autocast)
         log.info("%s %s: %.1f images/s, %.2f ms an image, test mIoU %.4f", runtime.name, runtime.precision,
                  timing["images_per_s"], timing["latency_ms"], miou)
         table.append({"runtime": runtime.name, "precision": runtime.precision, "memory_format": runtime.memory_format,
@@ -240,10 +240,13 @@ def cpu_model() -> str:
 def write_deployment(onnx_path: str | Path, checkpoint: str | Path, manifest: str | Path, run_dir: str | Path,
                      csv_path: str | Path, html_path: str | Path, batch_size: int = 16, seconds: float = 2.0,
                      threads: int | None = None) -> pd.DataFrame:
-    frame = deployment_table(onnx_path, checkpoint, manifest, run_dir, batch_size, seconds, threads)
-    write_csv(frame, csv_path)
     meta = read_sidecar(onnx_path)
     provenance = meta["provenance"]
+    if sha256_of(checked_checkpoint(checkpoint)) != provenance["checkpoint_sha256"]:
+        raise ValueError(f"{checkpoint} is not the checkpoint {onnx_path} was exported from (its sha256 differs from "
+                         "the sidecar's); export it again")
+    frame = deployment_table(onnx_path, checkpoint, manifest, run_dir, batch_size, seconds, threads)
+    write_csv(frame, csv_path)
     test_images = int((pd.read_csv(manifest)["split"] == "test").sum())
     caption = (f"{provenance['variant']} seed {provenance['seed']} at {meta['input']['size'][0]} px, "
                f"{test_images} test images, on {frame['cpu'].iloc[0]} with {frame['threads'].iloc[0]} threads.")
