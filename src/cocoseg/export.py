@@ -84,7 +84,8 @@ def write_onnx(model: torch.nn.Module, image_size: int, path: Path) -> None:
     """Opset 17 through torch's TorchScript exporter (``dynamo=False``).
 
     With torch 2.14.1 the default dynamo exporter needs onnxscript, has no opset-17 implementations
-    (it writes opset 18 and its conversion down to 17 fails on DeepLabV3's Resize nodes, leaving 18),
+    (it writes opset 18, and ONNX's converter fails to take DeepLabV3 down to 17: an ``axes`` input computed
+    at run time cannot become an attribute again),
     and asks for ``dynamic_shapes``; the TorchScript exporter writes opset 17 with dynamic batch,
     height and width directly (it warns that it is deprecated: the warning is silenced here).
     The wrapper is put in eval mode: the exporter restores its training flag on every submodule.
