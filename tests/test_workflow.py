@@ -91,6 +91,7 @@ def data_run(tmp_path_factory):
     config["masks"]["shards"] = 3
     config["train"].update(image_size=96, epochs=8, overrides={"resnet50": {"image_size": 32, "epochs": 1}})
     config["wandb"]["mode"] = "disabled"
+    config["export"] = {"timing_seconds": 0.3, "batch_size": 4}  # the deployment table: a smoke test here
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     snakemake("data", "--cores", "2", "--directory", str(root), "--configfile", str(root / "tiny.yaml"))
     return root
