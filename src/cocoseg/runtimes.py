@@ -32,7 +32,7 @@ def _checked_model_file(path: str | Path) -> Path:
         raise FileNotFoundError(f"model {path} does not exist; export one with `python -m cocoseg export`")
     try:
         onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError, ValueError, ... by version
+    except Exception as e:  # noqa: BLE001 (onnx raises DecodeError, ValueError, ... by version)
         raise NotOnnx(f"{path} is not an ONNX model ({type(e).__name__}); pass the model.onnx that `python -m "
                       "cocoseg export` wrote (a .pt checkpoint goes to --checkpoint)") from None
     return path
@@ -112,11 +112,7 @@ def load_openvino(path: str | Path, threads: int | None = None) -> OpenVinoModel
         return OpenVinoModel(path, threads)
     except NotOnnx:
         raise
-    except Exception as e:  # an import error, a plugin that refuses the CPU: skipped, never fatal
+    except Exception as e:  # noqa: BLE001 (an import error, a plugin that refuses the CPU: skipped, never fatal)
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
         log.warning("OpenVINO skipped: %s", reason)
         return Unavailable("openvino", reason)
-
-
-def check_onnx_file(path: str | Path) -> Path:
-    return _checked_model_file(path)
