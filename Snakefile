@@ -1,4 +1,4 @@
-# cocoseg: COCO subset -> masks -> split -> histograms -> models -> evaluation -> report.
+# cocoseg: COCO subset -> masks -> split -> histograms -> models -> evaluation -> export -> report.
 # snakemake --cores 8 --use-conda                         # the study (config/config.yaml)
 # snakemake --cores 2 --configfile config/demo.yaml       # synthetic data, CPU minutes
 from snakemake.utils import min_version
@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/deploy.smk"
 
 
 report: "report/workflow.rst"
@@ -26,4 +27,6 @@ rule all:
         rules.data.input,
         rules.results.input,
         rules.provenance.output,
+        rules.export.output,
+        rules.deployment.output,
     default_target: True

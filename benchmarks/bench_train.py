@@ -25,6 +25,7 @@ take cores from the model).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -135,16 +136,34 @@ def bench_project(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path
     result = {"batch_size": batch_size, "train": measure(lambda: steps(args.steps), device),
               "data_path": type(batches).__name__, "precision": precision_name(precision),
               "memory_format": MEMORY_FORMAT}
-    images, masks = as_tensors(split, device if result["data_path"] == "DeviceBatches" else "cpu")
-    validate(model, images[: args.eval_batch_size], masks[: args.eval_batch_size], NUM_CLASSES,
-             args.eval_batch_size, device, precision)  # warm-up
+    eval_model, eval_device, eval_precision = model, device, precision
+    if args.eval_engine != "pytorch":  # what evaluate runs with evaluate.engine: the model exported, on the CPU
+        eval_model, eval_device, eval_precision = engine_model(model, args), torch.device("cpu"), None
+        result["eval_engine"] = f"{args.eval_engine} {eval_model.precision}"
+    else:
+        result["eval_engine"] = f"pytorch {result['precision']}"
+    images, masks = as_tensors(split, device if result["data_path"] == "DeviceBatches" and eval_device == device
+                               else "cpu")
+    validate(eval_model, images[: args.eval_batch_size], masks[: args.eval_batch_size], NUM_CLASSES,
+             args.eval_batch_size, eval_device, eval_precision)  # warm-up
 
     def evaluate() -> int:
-        validate(model, images, masks, NUM_CLASSES, args.eval_batch_size, device, precision)
+        validate(eval_model, images, masks, NUM_CLASSES, args.eval_batch_size, eval_device, eval_precision)
         return len(images)
 
-    result["eval"] = measure(evaluate, device)
+    result["eval"] = measure(evaluate, eval_device)
     return result
+
+
+def engine_model(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """The trained model exported to ONNX (as the export rule does) and loaded by ``--eval-engine``."""
+    from cocoseg.export import write_onnx
+    from cocoseg.runtimes import OnnxRuntimeModel, OpenVinoModel
+
+    plain = copy.deepcopy(getattr(model, "_orig_mod", model)).float().cpu().to(memory_format=torch.contiguous_format)
+    path = Path(tempfile.mkdtemp()) / "model.onnx"
+    write_onnx(plain.eval(), args.size, path)
+    return (OnnxRuntimeModel if args.eval_engine == "onnxruntime" else OpenVinoModel)(path, args.threads)
 
 
 def bench_project_fitting(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path, args: argparse.Namespace,
@@ -245,13 +264,13 @@ def study_hours(paths: dict[str, Any], args: argparse.Namespace) -> dict[str, fl
 
 def table(results: dict[str, Any]) -> str:
     lines = [f"{'backbone':<20}{'path':<9}{'batch':>6}{'precision':>10}{'format':>15}{'train img/s':>12}"
-             f"{'eval img/s':>12}{'peak GiB':>10}"]
+             f"{'eval img/s':>12}{'peak GiB':>10}  eval by"]
     for backbone, paths in results["backbones"].items():
         for name in ("study", "cocoseg"):
             r = paths[name]
             lines.append(f"{backbone:<20}{name:<9}{r['batch_size']:>6}{r['precision']:>10}{r['memory_format']:>15}"
                          f"{r['train']['images_per_s']:>12.1f}{r['eval']['images_per_s']:>12.1f}"
-                         f"{r['train']['peak_gib']:>10.2f}")
+                         f"{r['train']['peak_gib']:>10.2f}  {r.get('eval_engine', 'pytorch fp32')}")
         lines.append(f"{'':<20}{'ratio':<40}{paths['train_ratio']:>11.1f}x{paths['eval_ratio']:>11.1f}x"
                      f"   eval/train {paths['eval_over_train']:.1f}x")
     return "\n".join(lines)
@@ -273,6 +292,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers when the data stays on the host")
     parser.add_argument("--data-on-device", choices=["auto", "always", "never"], default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the project's model")
+    parser.add_argument("--eval-engine", choices=["pytorch", "onnxruntime", "openvino"], default="pytorch",
+                        help="what runs the project path's evaluation, as evaluate.engine (the study loop: PyTorch)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="the project path's train.precision (the study loop stays fp32)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())

@@ -23,6 +23,7 @@ def test_bench_train_smoke(tmp_path):
         assert (paths["cocoseg"]["precision"], paths["cocoseg"]["memory_format"]) == (result["precision"],
                                                                                        "channels_last")
         assert (paths["study"]["precision"], paths["study"]["memory_format"]) == ("fp32", "contiguous")
+        assert paths["cocoseg"]["eval_engine"] == f"pytorch {result['precision']}"  # evaluate.engine's default
         for name in ("cocoseg", "study"):
             assert paths[name]["train"]["images"] > 0 and paths[name]["train"]["images_per_s"] > 0
             assert paths[name]["eval"]["images"] == result["images"]
@@ -47,3 +48,16 @@ def test_bench_comparison_reproduces_the_calibration_and_the_former_methods_fail
     # With 2 seeds whose spread dominates, the former bootstrap calls a non-difference significant far too often.
     assert before["false_positive"] >= 0.15 > ours["false_positive"]
     assert result["speed"]["configurations"] == 4 and result["speed"]["images"] == 50
+
+
+def test_bench_deploy_smoke(tmp_path):
+    out = tmp_path / "deploy.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_deploy.py"), "--size", "32", "--batch-size", "2",
+                    "--seconds", "0.05", "--threads", "2", "--json", str(out)], check=True, cwd=tmp_path, timeout=300)
+    result = json.loads(out.read_text())
+    rows = {(row["backbone"], row["runtime"]): row for row in result["rows"]}
+    for backbone in ("mobilenet_v3_large", "resnet50"):
+        assert {"pytorch", "pytorch (project)", "onnxruntime", "openvino"} <= {b for a, b in rows if a == backbone}
+        assert rows[backbone, "pytorch"]["speedup"] == 1 and rows[backbone, "pytorch"]["max_logit_difference"] == 0
+        assert rows[backbone, "onnxruntime"]["max_logit_difference"] < 1e-3  # fp32 against fp32
+        assert rows[backbone, "onnxruntime"]["images_per_s"] > 0

@@ -33,7 +33,8 @@ def test_dry_run_plans_the_study_without_network(tmp_path):
     assert jobs["download"] == "2" and jobs["masks"] == "8" and jobs["stats"] == "1"
     # 12 configurations x 5 seeds; prediction figures show each configuration's first seed.
     assert jobs["train"] == jobs["evaluate"] == "60" and jobs["prediction_figures"] == "12"
-    assert jobs["compare"] == "1" and jobs["total"] == "154"  # as the README says
+    assert jobs["compare"] == jobs["export"] == jobs["deployment"] == "1"
+    assert jobs["total"] == "156"  # as the README says
     assert "synth" not in jobs
     assert "http://images.cocodataset.org/zips/val2014.zip" in out
 
@@ -95,6 +96,7 @@ def data_run(tmp_path_factory):
     config["masks"]["shards"] = 3
     config["train"].update(image_size=96, epochs=8, overrides={"resnet50": {"image_size": 32, "epochs": 1}})
     config["wandb"]["mode"] = "disabled"
+    config["export"] = {"timing_seconds": 0.3, "batch_size": 4}  # the deployment table: a smoke test here
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     snakemake("data", "--cores", "2", "--directory", str(root), "--configfile", str(root / "tiny.yaml"))
     return root
@@ -213,7 +215,8 @@ def test_every_variant_is_trained_evaluated_and_reported(full_run):
                               .read_text())["seed"] == seed
     html = (full_run / "report.html").read_text()
     for name in ("summary.html", "per_class_iou.html", "class_images.png", "training_curves.png",
-                 "confusion.png", f"predictions/{variants[0]}.png", "comparison.html", "forest.png", "power.png"):
+                 "confusion.png", f"predictions/{variants[0]}.png", "comparison.html", "forest.png", "power.png",
+                 "deployment.html"):
         assert name in html, name
 
 
@@ -249,6 +252,20 @@ def test_compare_command_reproduces_the_rule(full_run, tmp_path):
     command = pd.read_csv(tmp_path / "tables" / "comparison.csv")
     pd.testing.assert_frame_equal(command, rule)
     assert (tmp_path / "figures" / "power.png").stat().st_size > 10_000
+
+
+def test_the_exported_model_is_the_run_validation_chooses_and_verified(full_run):
+    run = full_run / "results" / "tiny"
+    summary = pd.read_csv(run / "tables" / "summary.csv")  # its first row: the run validation chooses
+    sidecar = json.loads((run / "deploy" / "model.json").read_text())
+    assert (sidecar["provenance"]["variant"], sidecar["provenance"]["seed"]) == (summary["variant"][0],
+                                                                                 summary["seed"][0])
+    assert (run / "deploy" / "model.onnx").stat().st_size > 0
+    check = sidecar["verification"]
+    assert check["max_logit_difference"] <= 1e-3 and abs(check["miou_difference"]) <= 1e-3
+    table = pd.read_csv(run / "tables" / "deployment.csv").set_index("runtime")
+    assert {"pytorch", "pytorch (project)", "onnxruntime", "openvino"} <= set(table.index)
+    assert table.loc["onnxruntime", "test_miou"] == pytest.approx(check["test_miou"], abs=1e-12)
 
 
 def test_trained_models_beat_the_all_background_baseline(full_run):

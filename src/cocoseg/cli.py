@@ -111,7 +111,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     manifest = Path(args.manifest)
     evaluate(args.checkpoint, manifest, manifest.parents[1], args.out_dir, args.num_workers, args.batch_size,
-             args.threads, args.device, args.precision)
+             args.threads, args.device, args.precision, args.engine)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -136,7 +136,60 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from cocoseg.predict import predict
 
-    predict(args.checkpoint, args.images, args.out_dir, args.device, args.precision, args.threads)
+    predict(args.checkpoint, args.images, args.out_dir, args.device, args.precision, args.threads, args.model)
+
+
+def _export_settings(args: argparse.Namespace) -> tuple[dict, Path, Path]:
+    """The config's export section, the run folder, and the checkpoint: named, or the one validation chooses."""
+    from cocoseg.config import load_config
+    from cocoseg.deployment import chosen_checkpoint
+    from cocoseg.variants import expand_variants, grid_seeds, run_dir_name
+
+    config = load_config(args.configfile)
+    run_dir = Path(f"results/{config['run']}")
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+    elif args.variant:
+        seed = grid_seeds(config)[0] if args.seed is None else args.seed
+        checkpoint = run_dir / "models" / run_dir_name(args.variant, seed) / "best.pt"
+    else:
+        metrics = [run_dir / "models" / run_dir_name(v, s) / "evaluation/metrics.json"
+                   for v in expand_variants(config) for s in grid_seeds(config)]
+        missing = [str(path) for path in metrics if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"choosing by validation needs every run evaluated; missing: {', '.join(missing)}"
+                                    "; run the pipeline (snakemake) first, or name a run with --checkpoint")
+        checkpoint = chosen_checkpoint(metrics)
+    return config, run_dir, checkpoint
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cocoseg.deployment import export_verified
+
+    config, run_dir, checkpoint = _export_settings(args)
+    settings = config["export"]
+    out = Path(args.out or run_dir / "deploy" / "model.onnx")
+    export_verified(checkpoint, out, config["run"], Path(args.manifest or run_dir / "data" / "manifest.csv"),
+                    Path(args.manifest).parents[1] if args.manifest else run_dir, settings["batch_size"],
+                    args.threads or settings["threads"], settings["logit_tolerance"], settings["miou_tolerance"])
+    print(f"{out} and {out.with_suffix('.json')}: verified on the test split")
+
+
+def cmd_deployment(args: argparse.Namespace) -> None:
+    from cocoseg.config import load_config
+    from cocoseg.deployment import write_deployment
+    from cocoseg.export import read_sidecar
+
+    config = load_config(args.configfile)
+    run_dir = Path(f"results/{config['run']}")
+    model = Path(args.model or run_dir / "deploy" / "model.onnx")
+    manifest = Path(args.manifest or run_dir / "data" / "manifest.csv")
+    out = Path(args.out_dir or run_dir / "tables")
+    settings = config["export"]
+    frame = write_deployment(model, read_sidecar(model)["provenance"]["checkpoint"], manifest, manifest.parents[1],
+                             out / "deployment.csv", out / "deployment.html", settings["batch_size"],
+                             settings["timing_seconds"], args.threads or settings["threads"])
+    print(frame.drop(columns=["cpu"]).to_string(index=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,14 +290,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--threads", type=int, help="intra-op threads (default: torch's, one per core)")
     sub.add_argument("--device", default="auto")
     sub.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the checkpoint's train.precision")
+    sub.add_argument("--engine", choices=["pytorch", "onnxruntime", "openvino"], default="pytorch",
+                     help="what runs the network (onnxruntime, openvino: the checkpoint exported to ONNX, on the CPU)")
 
     sub = step("compare", cmd_compare, "intervals, paired comparisons and a power report of every evaluated variant "
                "with evaluate.reference: tables/comparison.{csv,html}, comparison_per_class.csv, figures/forest.png")
     sub.add_argument("--configfile", required=True)
     sub.add_argument("--out-dir", help="default: results/<run>")
 
-    sub = step("predict", cmd_predict, "write label masks and overlays for new images")
-    sub.add_argument("--checkpoint", required=True)
+    sub = step("export", cmd_export, "export a run to ONNX (opset 17, dynamic batch and size) with its sidecar "
+               "JSON, verified against PyTorch on the test split; by default the run validation chooses")
+    sub.add_argument("--configfile", required=True)
+    which = sub.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", help="any run's best.pt (default: the run validation chooses)")
+    which.add_argument("--variant", help="a variant of the config (with --seed, default the grid's first)")
+    sub.add_argument("--seed", type=int)
+    sub.add_argument("--manifest", help="default: results/<run>/data/manifest.csv")
+    sub.add_argument("--out", help="the .onnx file (default: results/<run>/deploy/model.onnx); the sidecar goes "
+                     "beside it as .json")
+    sub.add_argument("--threads", type=int, help="default: export.threads")
+
+    sub = step("deployment", cmd_deployment, "time an exported model on PyTorch, ONNX Runtime and OpenVINO with "
+               "each one's test mIoU: tables/deployment.{csv,html}")
+    sub.add_argument("--configfile", required=True)
+    sub.add_argument("--model", help="default: results/<run>/deploy/model.onnx")
+    sub.add_argument("--manifest", help="default: results/<run>/data/manifest.csv")
+    sub.add_argument("--out-dir", help="default: results/<run>/tables")
+    sub.add_argument("--threads", type=int, help="default: export.threads")
+
+    sub = step("predict", cmd_predict, "write label masks and overlays for new images, with a checkpoint or an "
+               "exported ONNX model")
+    network = sub.add_mutually_exclusive_group(required=True)
+    network.add_argument("--checkpoint", help="a trained best.pt")
+    network.add_argument("--model", help="an exported model.onnx (its model.json beside it); ONNX Runtime, fp32")
     sub.add_argument("--out-dir", required=True)
     sub.add_argument("--device", default="auto")
     sub.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the checkpoint's train.precision")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,22 @@ def eval_loader(rows: pd.DataFrame, run_dir: Path, settings: TrainSettings) -> D
 
 
 
+ENGINES = ("pytorch", "onnxruntime", "openvino")
+
+
+def engine_model(checkpoint_path: str | Path, engine: str, folder: Path,
+                 threads: int | None) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """The checkpoint exported to ONNX in ``folder`` and loaded by ``engine`` (CPU): the model, the checkpoint's
+    state, and the precision the engine runs in (ONNX Runtime fp32; OpenVINO bf16 on CPUs with native bf16)."""
+    from cocoseg.export import fp32_model, write_onnx
+    from cocoseg.runtimes import OnnxRuntimeModel, OpenVinoModel
+
+    reference, state = fp32_model(checkpoint_path)
+    write_onnx(reference, state["settings"]["image_size"], folder / "model.onnx")
+    model = (OnnxRuntimeModel if engine == "onnxruntime" else OpenVinoModel)(folder / "model.onnx", threads)
+    return model, state, model.precision
+
+
 def load_model(checkpoint_path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
     state = load_checkpoint(checkpoint_path)
     settings = TrainSettings(**state["settings"])
@@ -132,21 +149,41 @@ def evaluate(
     threads: int | None = None,
     device_name: str = "auto",
     precision: str | None = None,
+    engine: str = "pytorch",
 ) -> dict[str, Any]:
     """Write metrics.json, confusion.csv (test), per_image.csv, per_image_confusion.npz and predictions/.
 
-    ``precision`` (auto, bf16, fp32) defaults to the checkpoint's ``train.precision``.
+    ``precision`` (auto, bf16, fp32) defaults to the checkpoint's ``train.precision``. ``engine``
+    (``evaluate.engine``) runs the network: PyTorch (on ``device_name``, in ``precision``), or the
+    checkpoint exported to ONNX and run on the CPU by ONNX Runtime (fp32) or OpenVINO (bf16 where the
+    CPU has native bf16), whatever ``device_name`` and ``precision`` say.
 
     ``per_image_confusion.npz`` holds ``image_id`` and ``confusion`` (N x C x C, int64, rows truth)
     of the test split, and ``val_image_id`` and ``val_confusion`` of the validation split.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown evaluate.engine {engine!r}; use one of {', '.join(ENGINES)}")
     out_dir = Path(out_dir)
     use_threads(threads)
-    device = select_device(device_name)
-    model, state = load_model(checkpoint_path, device)
+    with tempfile.TemporaryDirectory() as folder:
+        if engine == "pytorch":
+            device = select_device(device_name)
+            model, state = load_model(checkpoint_path, device)
+            dtype = resolve_precision(precision or state["settings"].get("precision", "auto"), device)
+            how = {"device": str(device), "precision": precision_name(dtype), "memory_format": MEMORY_FORMAT}
+        else:
+            device, dtype = torch.device("cpu"), None
+            model, state, engine_precision = engine_model(checkpoint_path, engine, Path(folder), threads)
+            how = {"device": "cpu", "precision": engine_precision, "memory_format": "contiguous"}
+        return _evaluate(model, state, dtype, device, {"engine": engine, **how}, manifest_path, run_dir, out_dir,
+                         num_workers, batch_size)
+
+
+def _evaluate(model: torch.nn.Module, state: dict[str, Any], dtype: torch.dtype | None, device: torch.device,
+              how: dict[str, str], manifest_path: str | Path, run_dir: str | Path, out_dir: Path, num_workers: int,
+              batch_size: int) -> dict[str, Any]:
     classes: list[str] = state["classes"]
     settings = TrainSettings(**{**state["settings"], "num_workers": num_workers, "eval_batch_size": batch_size})
-    dtype = resolve_precision(precision or settings.precision, device)
     manifest = pd.read_csv(manifest_path)
     colours = palette(len(classes))
 
@@ -156,8 +193,7 @@ def evaluate(
         save_mask(prediction.to(torch.uint8).cpu().numpy(), predictions / f"{image_id}.png", colours)
 
     report: dict[str, Any] = {"variant": state["variant"], "seed": settings.seed, "checkpoint_epoch": state["epoch"],
-                              "val_miou_at_selection": state["val_miou"], "resolution": "label mask (original)",
-                              "device": str(device), "precision": precision_name(dtype), "memory_format": MEMORY_FORMAT}
+                              "val_miou_at_selection": state["val_miou"], "resolution": "label mask (original)", **how}
     per_image: dict[str, np.ndarray] = {}
     for split in ("val", "test"):
         rows = split_rows(manifest, split)

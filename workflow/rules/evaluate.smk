@@ -11,6 +11,9 @@ rule evaluate:
         per_image=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image.csv",
         per_image_confusion=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image_confusion.npz",
         predictions=directory(f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/predictions"),
+    params:
+        # Tracked: another engine computes (slightly) other numbers.
+        engine=lookup(dpath="evaluate/engine", within=config),
     threads: lookup(dpath="train/threads", within=config)
     resources:
         # Evaluation runs in one process: one GPU whatever training used.

@@ -9,4 +9,5 @@ from cocoseg.logs import logged
 with logged(snakemake.log[0]), claimed_gpus(int(getattr(snakemake.resources, "gpu", 0) or 0)):
     evaluate(snakemake.input.model, snakemake.input.manifest, Path(snakemake.input.manifest).parents[1],
              Path(snakemake.output.metrics).parent, snakemake.config["train"]["num_workers"],
-             snakemake.config["evaluate"]["batch_size"], snakemake.threads, snakemake.config["train"]["device"])
+             snakemake.config["evaluate"]["batch_size"], snakemake.threads, snakemake.config["train"]["device"],
+             engine=snakemake.params.engine)
