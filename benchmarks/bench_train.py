@@ -5,8 +5,10 @@ For each backbone, in one process on one device, on the same synthetic COCO-size
 - **cocoseg**: the cached split (resized uint8, on the GPU when it fits, or with
   ``--data-on-device``), batched augmentation there (``augment.augment_batch``), the library's
   ``train_step`` (``--precision``: by default bf16 autocast on CUDA and on CPUs with native bf16;
-  channels_last on every device; fused Adam on CUDA; no host synchronisation), and its
-  ``validate`` (inference_mode, confusion matrix with bincount on the device).
+  channels_last on every device; fused Adam on CUDA; no host synchronisation), and evaluation as
+  the ``evaluate`` rule runs it (``evaluate.eval_loader`` and ``evaluate_model``: images read and
+  resized, logits upsampled to each mask's own resolution, a confusion matrix per image), on the
+  engine ``--eval-engine`` names.
 - **study**: JPEG and PNG decoded every step, albumentations on the CPU in DataLoader workers,
   batch 4, fp32, no channels_last, plain Adam, the loss read every step (a progress bar's
   postfix); evaluation batch by batch the same way, metrics on the host.
@@ -58,7 +60,9 @@ from cocoseg.losses import build_loss  # noqa: E402
 from cocoseg.models import build_model  # noqa: E402
 from cocoseg.sampling import RepeatFactorSampler  # noqa: E402
 from cocoseg.device import select_device  # noqa: E402
-from cocoseg.train import train_step, validate  # noqa: E402
+from cocoseg.evaluate import eval_loader, evaluate_model  # noqa: E402
+from cocoseg.settings import TrainSettings  # noqa: E402
+from cocoseg.train import train_step  # noqa: E402
 
 CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
 NUM_CLASSES = len(CLASSES) + 1
@@ -142,16 +146,18 @@ def bench_project(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path
         result["eval_engine"] = f"{args.eval_engine} {eval_model.precision}"
     else:
         result["eval_engine"] = f"pytorch {result['precision']}"
-    images, masks = as_tensors(split, device if result["data_path"] == "DeviceBatches" and eval_device == device
-                               else "cpu")
-    validate(eval_model, images[: args.eval_batch_size], masks[: args.eval_batch_size], NUM_CLASSES,
-             args.eval_batch_size, eval_device, eval_precision)  # warm-up
+    # What the evaluate rule runs: JPEG and mask PNG read, resized to the training size, the network, logits
+    # upsampled to each mask's own resolution, a confusion matrix per image.
+    settings = TrainSettings(backbone=backbone, loss="cross_entropy", sampling="uniform", image_size=args.size,
+                             eval_batch_size=args.eval_batch_size, num_workers=args.num_workers)
+    run_dir = manifest.parents[1]
 
-    def evaluate() -> int:
-        validate(eval_model, images, masks, NUM_CLASSES, args.eval_batch_size, eval_device, eval_precision)
-        return len(images)
+    def evaluate(eval_rows: pd.DataFrame) -> int:
+        loader = eval_loader(eval_rows, run_dir, settings)
+        return len(evaluate_model(eval_model, loader, NUM_CLASSES, eval_device, eval_precision)["image_ids"])
 
-    result["eval"] = measure(evaluate, eval_device)
+    evaluate(rows.head(args.eval_batch_size))  # warm-up
+    result["eval"] = measure(lambda: evaluate(rows), eval_device)
     return result
 
 
