@@ -28,11 +28,13 @@ test: $(BIN)/activate
 # if missing), and the profile's submissions through stand-ins for Slurm's commands. -rP prints what
 # the tests report (job ids, exit states, sbatch arguments), --durations where the time goes.
 test-slurm: $(BIN)/activate
-	command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && \
+	PATH="$$PATH:/usr/sbin:/sbin"; command -v slurmctld >/dev/null && command -v slurmd >/dev/null && \
+		command -v munged >/dev/null && \
 		command -v sbatch >/dev/null || \
 		{ apt-get update -qq && \
 		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge; }
-	$(BIN)/python -m pytest -m slurm -rP --durations=8 tests/test_slurm.py tests/test_slurm_submission.py $(PYTEST_ARGS)
+	PATH="$$PATH:/usr/sbin:/sbin" COCOSEG_REQUIRE_SLURM=1 \
+		$(BIN)/python -m pytest -m slurm -rP --durations=8 tests/test_slurm.py tests/test_slurm_submission.py $(PYTEST_ARGS)
 
 lint: $(BIN)/activate
 	$(BIN)/snakemake --lint --configfile config/demo.yaml

@@ -59,7 +59,15 @@ def _skip_reason() -> str | None:
     if missing:
         return (f"not installed: {', '.join(missing)} "
                 "(make test-slurm installs Debian's slurmctld slurmd slurm-client munge)")
+    busy = [port for port in (6817, 6818) if _listening(port)]
+    if busy:
+        return f"ports {busy} are taken: another Slurm runs on this machine, and this test would disturb it"
     return None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _slurm_conf(root: Path) -> str:
@@ -156,6 +164,8 @@ def _cancel_leftover_jobs() -> None:
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     reason = _skip_reason()
+    if reason and os.environ.get("COCOSEG_REQUIRE_SLURM"):  # make test-slurm (and so CI): a skip is a failure
+        pytest.fail(f"the real-Slurm test cannot run: {reason}")
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("slurm")
@@ -178,14 +188,23 @@ def slurm(tmp_path_factory):
         _wait_for(lambda: "idle" in _output("sinfo", "-h", "-o", "%T"), 60, "the node becoming idle", daemons)
         yield root
     finally:
-        if any(daemon.name == "slurmd" and daemon.process.poll() is None for daemon in daemons):
-            _cancel_leftover_jobs()
-        for daemon in reversed(daemons):
-            daemon.stop()
-        if saved is None:
-            SLURM_CONF.unlink(missing_ok=True)
-        else:
-            SLURM_CONF.write_bytes(saved)
+        _shut_down(daemons, saved)
+
+
+def _shut_down(daemons: list[Daemon], saved_conf: bytes | None) -> None:
+    """Leftover jobs cancelled, every daemon stopped by its pid, slurm.conf restored: each step runs even when
+    one before it fails (the first failure is raised at the end)."""
+    steps = [_cancel_leftover_jobs] if any(d.name == "slurmd" and d.process.poll() is None for d in daemons) else []
+    steps += [daemon.stop for daemon in reversed(daemons)]
+    steps.append(lambda: SLURM_CONF.unlink(missing_ok=True) if saved_conf is None else SLURM_CONF.write_bytes(saved_conf))
+    failures = []
+    for step in steps:
+        try:
+            step()
+        except Exception as failure:  # noqa: BLE001 - the remaining steps must still run
+            failures.append(failure)
+    if failures:
+        raise failures[0]
 
 
 def write_config(root: Path, config: dict) -> list[str]:

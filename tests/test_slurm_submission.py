@@ -93,6 +93,10 @@ def assert_one_task(sbatch: dict[str, str], steps: list[dict], gpus: int) -> Non
     assert len(steps) == 1 and steps[0]["tasks"] == 1, steps
     step = options(steps[0]["argv"])[0]
     assert step.get("--gpus") == str(gpus) and step.get("--cpus-per-task") == str(THREADS), step
+    # Nor on the job step: any of these would make a real srun start one task per GPU or node.
+    assert step.get("-n", step.get("--ntasks", "1")) == "1", step
+    assert not {"--ntasks-per-gpu", "--ntasks-per-node", "--gpus-per-task"} & set(step), step
+    assert step.get("-N", step.get("--nodes", "1")) == "1" and sbatch.get("-N", "1") == "1", (step, sbatch)
 
 
 @pytest.mark.slurm
