@@ -147,6 +147,9 @@ def _export_settings(args: argparse.Namespace) -> tuple[dict, Path, Path]:
 
     config = load_config(args.configfile)
     run_dir = Path(f"results/{config['run']}")
+    if args.seed is not None and not args.variant:
+        raise ValueError(f"--seed {args.seed} names a seed of --variant, which is missing; add --variant "
+                         "backbone-loss-sampling, or name the run's best.pt with --checkpoint")
     if args.checkpoint:
         checkpoint = Path(args.checkpoint)
     elif args.variant:

@@ -3,13 +3,14 @@
 Verification (``verify``): the test split goes through ONNX Runtime and through the checkpoint in
 PyTorch fp32 on the CPU, both through the project's evaluation (``evaluate_model``: each image's
 logits upsampled to its label mask, argmax, one confusion matrix). The largest logit difference
-must stay within ``logit_tolerance`` and the test mIoUs within ``miou_tolerance``; a failure
-raises ``VerificationFailed`` naming the runtime, the metric and the difference.
+must stay within ``logit_tolerance`` relative to the logits' scale (``logit_limit``) and the test
+mIoUs within ``miou_tolerance``; a failure raises ``VerificationFailed`` naming the runtime, the
+metric and the difference.
 
 Timing (``deployment_table``): in one process, on the same test images resized to the study's
 size, PyTorch fp32 (contiguous), PyTorch as the project runs it (``train.precision`` resolved on
 this CPU, channels_last), ONNX Runtime fp32 and OpenVINO (bf16 where the CPU has native bf16,
-else f32; skipped with its reason where it cannot load). Each gets throughput at a batch,
+else fp32; skipped with its reason where it cannot load or run). Each gets throughput at a batch,
 latency at batch 1, and the test mIoU of its own predictions; parameters and FLOPs are counted
 on the PyTorch model (``FlopCounterMode``: 2 FLOPs a multiply-add), the same graph on every runtime.
 """
@@ -45,8 +46,26 @@ log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
 
 
+LOGIT_TOLERANCE = 1e-3
+
+
 class VerificationFailed(RuntimeError):
     pass
+
+
+def logit_limit(tolerance: float, max_abs_logit: float) -> float:
+    """The largest allowed |logit difference|: ``tolerance`` times the logits' scale, ``max(1, max |logit|)``
+    (float32 rounding grows with the logits' size; below 1 the bound stays absolute)."""
+    return tolerance * max(1.0, max_abs_logit)
+
+
+def logit_failure(runtime: str, difference: float, max_abs_logit: float, tolerance: float, where: str) -> str | None:
+    """Why ``runtime``'s logits fail the check against PyTorch fp32's, or None when they pass."""
+    limit = logit_limit(tolerance, max_abs_logit)
+    if difference <= limit:
+        return None
+    return (f"{runtime}: max logit difference from PyTorch fp32 is {difference:.3g} on {where}, above the "
+            f"tolerance {tolerance:g} x max(1, max |logit| {max_abs_logit:.3g}) = {limit:.3g}")
 
 
 class Paired(torch.nn.Module):
@@ -55,6 +74,7 @@ class Paired(torch.nn.Module):
     def __init__(self, candidate: torch.nn.Module, reference: torch.nn.Module) -> None:
         super().__init__()
         self.candidate, self.reference = candidate, reference
+        self.takes_contiguous = getattr(candidate, "takes_contiguous", False)
         self.max_difference = 0.0
         self.max_logit = 0.0
 
@@ -80,8 +100,8 @@ def split_miou(model: torch.nn.Module, loader: Any, num_classes: int, precision:
 
 
 def verify(onnx_path: str | Path, model: torch.nn.Module, state: dict[str, Any], manifest: str | Path,
-           run_dir: str | Path, batch_size: int = 8, threads: int | None = None, logit_tolerance: float = 1e-3,
-           miou_tolerance: float = 1e-3, reported: dict[str, Any] | None = None) -> dict[str, Any]:
+           run_dir: str | Path, batch_size: int = 8, threads: int | None = None,
+           logit_tolerance: float = LOGIT_TOLERANCE, miou_tolerance: float = 1e-3, reported: dict[str, Any] | None = None) -> dict[str, Any]:
     """ONNX Runtime against PyTorch fp32 on the test split (see the module's text); ``reported`` is the run's
     ``evaluation/metrics.json``, whose test mIoU (in the precision evaluate ran in) is set beside them."""
     use_threads(threads)
@@ -93,16 +113,17 @@ def verify(onnx_path: str | Path, model: torch.nn.Module, state: dict[str, Any],
     result = {"runtime": "onnxruntime", "precision": "fp32", "reference": "pytorch fp32 (cpu)",
               "test_images": len(rows), "max_logit_difference": paired.max_difference,
               "max_abs_logit": paired.max_logit, "logit_tolerance": logit_tolerance,
+              "logit_limit": logit_limit(logit_tolerance, paired.max_logit),
               "test_miou": onnx_miou, "test_miou_pytorch_fp32": torch_miou,
               "miou_difference": onnx_miou - torch_miou, "miou_tolerance": miou_tolerance}
     if reported is not None:
         result.update(test_miou_reported=reported["test"]["miou"], reported_precision=reported["precision"],
                       miou_difference_from_reported=onnx_miou - reported["test"]["miou"])
     log.info("verification: %s", result)
-    if not paired.max_difference <= logit_tolerance:
-        raise VerificationFailed(f"onnxruntime fp32: max logit difference from PyTorch fp32 is "
-                                 f"{paired.max_difference:.3g} on the {len(rows)} test images of {manifest}, "
-                                 f"above the tolerance {logit_tolerance:g}")
+    failure = logit_failure("onnxruntime fp32", paired.max_difference, paired.max_logit, logit_tolerance,
+                            f"the {len(rows)} test images of {manifest}")
+    if failure:
+        raise VerificationFailed(failure)
     if not abs(onnx_miou - torch_miou) <= miou_tolerance:
         raise VerificationFailed(f"onnxruntime fp32: test mIoU {onnx_miou:.6f} differs from PyTorch fp32's "
                                  f"{torch_miou:.6f} by {onnx_miou - torch_miou:+.3g}, beyond {miou_tolerance:g}")
@@ -165,10 +186,10 @@ class Runtime:
             self.model(images)
 
 
-def runtimes(onnx_path: str | Path, model: torch.nn.Module, dtype: torch.dtype | None,
-             threads: int | None) -> tuple[list[Runtime], list[Unavailable]]:
+def runtimes(onnx_path: str | Path, model: torch.nn.Module, dtype: torch.dtype | None, threads: int | None,
+             probe: torch.Tensor) -> tuple[list[Runtime], list[Unavailable]]:
     """The runtimes of the table for ``model`` (fp32, contiguous) and its export, ``dtype`` the project's
-    autocast on this CPU; and those that could not load here."""
+    autocast on this CPU; and those that could not load here or failed to run ``probe``."""
     found: list[Runtime] = [
         Runtime("pytorch", "fp32", "contiguous", model),
         Runtime("pytorch (project)", precision_name(dtype), "channels_last", to_channels_last(copy.deepcopy(model)),
@@ -176,7 +197,7 @@ def runtimes(onnx_path: str | Path, model: torch.nn.Module, dtype: torch.dtype |
         Runtime("onnxruntime", "fp32", "contiguous", OnnxRuntimeModel(onnx_path, threads)),
     ]
     skipped = []
-    openvino = load_openvino(onnx_path, threads)
+    openvino = load_openvino(onnx_path, threads, probe)
     if isinstance(openvino, Unavailable):
         skipped.append(openvino)
     else:
@@ -202,13 +223,14 @@ def deployment_table(onnx_path: str | Path, checkpoint: str | Path, manifest: st
     use_threads(threads)
     reference, state = fp32_model(checkpoint)
     dtype = resolve_precision(state["settings"].get("precision", "auto"), CPU)
-    found, skipped = runtimes(onnx_path, reference, dtype, threads)
     size, num_classes = state["settings"]["image_size"], len(state["classes"]) + 1
     rows, loader = split_loader(manifest, run_dir, state, batch_size)
+    images = timing_images(rows, size, batch_size)
+    found, skipped = runtimes(onnx_path, reference, dtype, threads, images[:1])
     params = sum(p.numel() for p in reference.parameters())
     flops = count_flops(reference, size)
     table = []
-    for runtime, timing in zip(found, time_runtimes(found, timing_images(rows, size, batch_size), seconds)):
+    for runtime, timing in zip(found, time_runtimes(found, images, seconds)):
         miou = split_miou(runtime.model, loader, num_classes, runtime.autocast)
         log.info("%s %s: %.1f images/s, %.2f ms an image, test mIoU %.4f", runtime.name, runtime.precision,
                  timing["images_per_s"], timing["latency_ms"], miou)
@@ -270,7 +292,7 @@ def chosen_checkpoint(metrics_paths: list[str | Path]) -> Path:
 
 def export_verified(checkpoint: str | Path, onnx_path: str | Path, run: str, manifest: str | Path,
                     run_dir: str | Path, batch_size: int = 8, threads: int | None = None,
-                    logit_tolerance: float = 1e-3, miou_tolerance: float = 1e-3) -> dict[str, Any]:
+                    logit_tolerance: float = LOGIT_TOLERANCE, miou_tolerance: float = 1e-3) -> dict[str, Any]:
     """``checkpoint`` as ONNX with its sidecar, published only once ``verify`` passes on the test split."""
 
     def check(path: Path, model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:

@@ -35,8 +35,11 @@ from cocoseg.settings import TrainSettings
 log = logging.getLogger(__name__)
 
 
-def _prepare_batch(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, Any]:
-    images = to_channels_last(batch["image"].to(device, non_blocking=True))
+def _prepare_batch(batch: dict[str, Any], device: torch.device, contiguous: bool = False) -> tuple[torch.Tensor, Any]:
+    """The batch on ``device``: images channels_last for PyTorch's model, NCHW-contiguous where ``contiguous``
+    (the exported model's runtimes, which would otherwise copy them back)."""
+    images = batch["image"].to(device, non_blocking=True)
+    images = images.contiguous() if contiguous else to_channels_last(images)
     masks = batch["mask"]
     if isinstance(masks, torch.Tensor):
         masks = masks.to(device, non_blocking=True)
@@ -59,9 +62,10 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int,
     per_image: list[torch.Tensor] = []
     image_ids: list[int] = []
     loss_sum = torch.zeros((), device=device)
+    contiguous = getattr(model, "takes_contiguous", False)
     with torch.inference_mode(), autocast(device, precision):
         for batch in loader:
-            images, masks = _prepare_batch(batch, device)
+            images, masks = _prepare_batch(batch, device, contiguous)
             logits, _ = forward_logits(model, images)
             for i, mask in enumerate(masks):
                 mask = mask.to(device)
@@ -94,16 +98,52 @@ def eval_loader(rows: pd.DataFrame, run_dir: Path, settings: TrainSettings) -> D
 ENGINES = ("pytorch", "onnxruntime", "openvino")
 
 
-def engine_model(checkpoint_path: str | Path, engine: str, folder: Path,
-                 threads: int | None) -> tuple[torch.nn.Module, dict[str, Any], str]:
+# How far an engine's logits may be from PyTorch fp32's on the first batch, relative to their scale
+# (deployment.logit_limit): fp32 as the export's verification; bf16 rounds to 8 bits of mantissa (2^-8 = 0.004
+# of each value, more after a network's worth of layers).
+ENGINE_LOGIT_TOLERANCE = {"fp32": 1e-3, "bf16": 0.1}
+
+
+def first_batch(manifest_path: str | Path, run_dir: str | Path, state: dict[str, Any], batch_size: int) -> torch.Tensor:
+    """The images of the first batch evaluation reads (validation, else test), to check an engine on."""
+    settings = TrainSettings(**{**state["settings"], "num_workers": 0, "eval_batch_size": batch_size})
+    manifest = pd.read_csv(manifest_path)
+    for split in ("val", "test"):
+        rows = split_rows(manifest, split)
+        if not rows.empty:
+            return next(iter(eval_loader(rows, Path(run_dir), settings)))["image"].contiguous()
+    raise ValueError(f"{manifest_path} has no validation or test images to evaluate; rerun the split")
+
+
+def engine_model(checkpoint_path: str | Path, engine: str, folder: Path, threads: int | None,
+                 probe: torch.Tensor | None = None) -> tuple[torch.nn.Module, dict[str, Any], str] | str:
     """The checkpoint exported to ONNX in ``folder`` and loaded by ``engine`` (CPU): the model, the checkpoint's
-    state, and the precision the engine runs in (ONNX Runtime fp32; OpenVINO bf16 on CPUs with native bf16)."""
+    state, and the precision the engine runs in (ONNX Runtime fp32; OpenVINO bf16 on CPUs with native bf16).
+
+    The engine first runs ``probe`` (default: the first batch ``first_batch`` reads, when the caller passes it)
+    and its logits are checked against PyTorch fp32's: beyond ``ENGINE_LOGIT_TOLERANCE`` raises
+    ``VerificationFailed`` naming the engine, the metric and the difference. An engine that cannot load or
+    run here returns the reason instead (a string), for the caller to fall back to PyTorch.
+    """
+    from cocoseg.deployment import VerificationFailed, logit_failure
     from cocoseg.export import fp32_model, write_onnx
-    from cocoseg.runtimes import OnnxRuntimeModel, OpenVinoModel
+    from cocoseg.runtimes import Unavailable, load_runtime
 
     reference, state = fp32_model(checkpoint_path)
-    write_onnx(reference, state["settings"]["image_size"], folder / "model.onnx")
-    model = (OnnxRuntimeModel if engine == "onnxruntime" else OpenVinoModel)(folder / "model.onnx", threads)
+    size = state["settings"]["image_size"]
+    if probe is None:
+        probe = torch.zeros(1, 3, size, size)
+    write_onnx(reference, size, folder / "model.onnx")
+    model = load_runtime(engine, folder / "model.onnx", threads, probe)
+    if isinstance(model, Unavailable):
+        return model.reason
+    with torch.inference_mode():
+        expected = reference(probe)["out"].float()
+        difference = float((model(probe)["out"].float() - expected).abs().max())
+    failure = logit_failure(f"evaluate.engine {engine} ({model.precision})", difference, float(expected.abs().max()),
+                            ENGINE_LOGIT_TOLERANCE[model.precision], f"the first {len(probe)} evaluation images")
+    if failure:
+        raise VerificationFailed(f"{failure}; set evaluate.engine to pytorch")
     return model, state, model.precision
 
 
@@ -156,7 +196,10 @@ def evaluate(
     ``precision`` (auto, bf16, fp32) defaults to the checkpoint's ``train.precision``. ``engine``
     (``evaluate.engine``) runs the network: PyTorch (on ``device_name``, in ``precision``), or the
     checkpoint exported to ONNX and run on the CPU by ONNX Runtime (fp32) or OpenVINO (bf16 where the
-    CPU has native bf16), whatever ``device_name`` and ``precision`` say.
+    CPU has native bf16), whatever ``device_name`` and ``precision`` say, once its logits on the first batch
+    match PyTorch fp32's (``engine_model``). An engine that cannot load or run on this machine falls back to
+    PyTorch with a logged reason; metrics.json's ``engine`` is the one that ran, ``engine_requested`` and
+    ``engine_fallback`` (the reason, or null) say what was asked for.
 
     ``per_image_confusion.npz`` holds ``image_id`` and ``confusion`` (N x C x C, int64, rows truth)
     of the test split, and ``val_image_id`` and ``val_confusion`` of the validation split.
@@ -165,22 +208,34 @@ def evaluate(
         raise ValueError(f"unknown evaluate.engine {engine!r}; use one of {', '.join(ENGINES)}")
     out_dir = Path(out_dir)
     use_threads(threads)
+    from cocoseg.export import checked_checkpoint
+
+    requested, fallback = engine, None
     with tempfile.TemporaryDirectory() as folder:
-        if engine == "pytorch":
+        loaded: tuple[torch.nn.Module, dict[str, Any], str] | str = "pytorch asked for"
+        if engine != "pytorch":
+            probe = first_batch(manifest_path, run_dir, load_checkpoint(checked_checkpoint(checkpoint_path)),
+                                batch_size)
+            loaded = engine_model(checkpoint_path, engine, Path(folder), threads, probe)
+            if isinstance(loaded, str):
+                log.warning("evaluate.engine %s cannot run here (%s): evaluating with PyTorch", engine, loaded)
+                engine, fallback = "pytorch", f"{requested}: {loaded}"
+        if isinstance(loaded, str):
             device = select_device(device_name)
             model, state = load_model(checkpoint_path, device)
             dtype = resolve_precision(precision or state["settings"].get("precision", "auto"), device)
             how = {"device": str(device), "precision": precision_name(dtype), "memory_format": MEMORY_FORMAT}
         else:
             device, dtype = torch.device("cpu"), None
-            model, state, engine_precision = engine_model(checkpoint_path, engine, Path(folder), threads)
+            model, state, engine_precision = loaded
             how = {"device": "cpu", "precision": engine_precision, "memory_format": "contiguous"}
-        return _evaluate(model, state, dtype, device, {"engine": engine, **how}, manifest_path, run_dir, out_dir,
-                         num_workers, batch_size)
+        return _evaluate(model, state, dtype, device, {"engine": engine, "engine_requested": requested,
+                                                       "engine_fallback": fallback, **how},
+                         manifest_path, run_dir, out_dir, num_workers, batch_size)
 
 
 def _evaluate(model: torch.nn.Module, state: dict[str, Any], dtype: torch.dtype | None, device: torch.device,
-              how: dict[str, str], manifest_path: str | Path, run_dir: str | Path, out_dir: Path, num_workers: int,
+              how: dict[str, Any], manifest_path: str | Path, run_dir: str | Path, out_dir: Path, num_workers: int,
               batch_size: int) -> dict[str, Any]:
     classes: list[str] = state["classes"]
     settings = TrainSettings(**{**state["settings"], "num_workers": num_workers, "eval_batch_size": batch_size})

@@ -134,7 +134,8 @@ def sidecar_path(onnx_path: str | Path) -> Path:
 def export(checkpoint: str | Path, onnx_path: str | Path, run: str, check: Any = None) -> dict[str, Any]:
     """Write ``onnx_path`` and its sidecar (``sidecar_path``); ``check(onnx_file, model, state)``, when given,
     runs on the written model before either is published, and what it returns goes into the sidecar as
-    ``verification``: a model that fails its checks never appears."""
+    ``verification``: a model that fails its checks never appears. The model is published (renamed into place)
+    before its sidecar, so that a crash between the two never leaves a sidecar without its model."""
     import onnx
 
     checkpoint = checked_checkpoint(checkpoint)
@@ -145,7 +146,7 @@ def export(checkpoint: str | Path, onnx_path: str | Path, run: str, check: Any =
         onnx.checker.check_model(str(tmp))
         if check is not None:
             meta["verification"] = check(tmp, model, state)
-        write_text(json.dumps(meta, indent=2) + "\n", sidecar_path(onnx_path))
+    write_text(json.dumps(meta, indent=2) + "\n", sidecar_path(onnx_path))
     log.info("exported %s seed %s to %s", state["variant"], state["settings"]["seed"], onnx_path)
     return meta
 

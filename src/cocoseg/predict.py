@@ -30,11 +30,21 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: flo
     return blended.astype(np.uint8)
 
 
+# Pillow's modes of 8-bit photos, which convert to RGB as the training images did; 16-bit and float images
+# ('I;16', 'I', 'F') would be clipped or rescaled by that conversion, and 1-bit ones are not photos.
+PHOTO_MODES = frozenset({"L", "LA", "P", "RGB", "RGBA", "CMYK", "YCbCr"})
+
+
 def read_image(path: Path) -> np.ndarray:
     """An image as RGB, or an error that names the file and what to pass instead."""
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist; pass paths of JPEG or PNG files")
     try:
+        with Image.open(path) as image:
+            mode = image.mode
+        if mode not in PHOTO_MODES:
+            raise ValueError(f"{path} is a {mode!r} image, not an 8-bit photo; convert it to 8-bit RGB JPEG or PNG "
+                             "(e.g. Pillow's image.convert('RGB') after scaling to 0-255)")
         return read_rgb(path)
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path} is not an image Pillow can read ({e}); pass JPEG or PNG files") from None

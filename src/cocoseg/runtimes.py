@@ -30,11 +30,13 @@ def _checked_model_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model {path} does not exist; export one with `python -m cocoseg export`")
+    fix = "pass the model.onnx that `python -m cocoseg export` wrote (a .pt checkpoint goes to --checkpoint)"
     try:
-        onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 (onnx raises DecodeError, ValueError, ... by version)
-        raise NotOnnx(f"{path} is not an ONNX model ({type(e).__name__}); pass the model.onnx that `python -m "
-                      "cocoseg export` wrote (a .pt checkpoint goes to --checkpoint)") from None
+        raise NotOnnx(f"{path} is not an ONNX model ({type(e).__name__}); {fix}") from None
+    if not model.graph.node:  # an empty file, or any protobuf that happens to parse, loads as a model with no graph
+        raise NotOnnx(f"{path} is not an ONNX model (it has no graph: {path.stat().st_size} bytes); {fix}")
     return path
 
 
@@ -42,6 +44,7 @@ class OnnxRuntimeModel(torch.nn.Module):
     """ONNX Runtime's CPU execution provider, fp32, with ``threads`` intra-op threads."""
 
     runtime = "onnxruntime"
+    takes_contiguous = True  # evaluate_model hands it NCHW-contiguous input (channels_last is PyTorch's alone)
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__()
@@ -67,24 +70,29 @@ class OnnxRuntimeModel(torch.nn.Module):
 
 
 def openvino_precision() -> str:
-    """bf16 where the CPU has native bf16 dot products (as ``cocoseg.device`` decides for PyTorch), else f32."""
+    """bf16 where the CPU has native bf16 dot products (as ``cocoseg.device`` decides for PyTorch), else fp32."""
     from cocoseg.device import cpu_has_native_bf16
 
-    return "bf16" if cpu_has_native_bf16() else "f32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+OPENVINO_HINTS = {"bf16": "bf16", "fp32": "f32"}  # the project's names of precisions, and OpenVINO's
 
 
 class OpenVinoModel(torch.nn.Module):
     """OpenVINO's CPU plugin on the ONNX file: one synchronous request (the latency hint: one stream, every
-    thread), at ``precision`` (bf16 or f32; default: ``openvino_precision()``)."""
+    thread), at ``precision`` (bf16 or fp32; default: ``openvino_precision()``)."""
 
     runtime = "openvino"
+    takes_contiguous = True
 
     def __init__(self, path: str | Path, threads: int | None = None, precision: str | None = None) -> None:
         super().__init__()
         import openvino as ov
 
         self.precision = precision or openvino_precision()
-        properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
+        properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OPENVINO_HINTS[self.precision],
+                                      "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             properties["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
@@ -106,13 +114,23 @@ class Unavailable:
     reason: str
 
 
-def load_openvino(path: str | Path, threads: int | None = None) -> OpenVinoModel | Unavailable:
-    """OpenVINO, or the reason it cannot run here (not installed, no CPU plugin for this CPU, ...)."""
+def load_runtime(runtime: str, path: str | Path, threads: int | None,
+                 probe: torch.Tensor) -> OnnxRuntimeModel | OpenVinoModel | Unavailable:
+    """The runtime on ``path`` once it has run ``probe`` (a first inference), or the reason it cannot run here
+    (not installed, no CPU plugin for this CPU, a plugin that compiles the model but fails to run it, ...).
+    A missing or non-ONNX file is the caller's error, raised."""
     try:
-        return OpenVinoModel(path, threads)
-    except NotOnnx:
+        model = (OnnxRuntimeModel if runtime == "onnxruntime" else OpenVinoModel)(path, threads)
+        model(probe)
+        return model
+    except (NotOnnx, FileNotFoundError):
         raise
     except Exception as e:  # noqa: BLE001 (an import error, a plugin that refuses the CPU: skipped, never fatal)
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
-        log.warning("OpenVINO skipped: %s", reason)
-        return Unavailable("openvino", reason)
+        log.warning("%s skipped: %s", runtime, reason)
+        return Unavailable(runtime, reason)
+
+
+def load_openvino(path: str | Path, threads: int | None, probe: torch.Tensor) -> OpenVinoModel | Unavailable:
+    """OpenVINO once it has run ``probe``, or the reason it cannot run here (``load_runtime``)."""
+    return load_runtime("openvino", path, threads, probe)  # type: ignore[return-value]
