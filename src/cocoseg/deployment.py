@@ -187,9 +187,12 @@ class Runtime:
 
 
 def runtimes(onnx_path: str | Path, model: torch.nn.Module, dtype: torch.dtype | None, threads: int | None,
-             probe: torch.Tensor) -> tuple[list[Runtime], list[Unavailable]]:
+             probe: torch.Tensor | None = None) -> tuple[list[Runtime], list[Unavailable]]:
     """The runtimes of the table for ``model`` (fp32, contiguous) and its export, ``dtype`` the project's
-    autocast on this CPU; and those that could not load here or failed to run ``probe``."""
+    autocast on this CPU; and those that could not load here or failed to run ``probe`` (default: one blank
+    64 px image; the graph's size is dynamic)."""
+    if probe is None:
+        probe = torch.zeros(1, 3, 64, 64)
     found: list[Runtime] = [
         Runtime("pytorch", "fp32", "contiguous", model),
         Runtime("pytorch (project)", precision_name(dtype), "channels_last", to_channels_last(copy.deepcopy(model)),
