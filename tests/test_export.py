@@ -28,8 +28,8 @@ from cocoseg.deployment import (
     chosen_checkpoint,
     count_flops,
     deployment_table,
-    split_loader,
     export_verified,
+    split_loader,
     verify,
     write_deployment,
 )
@@ -350,9 +350,9 @@ def test_an_engine_whose_logits_differ_from_pytorch_stops_evaluation(exported, r
     _, checkpoint, _ = exported
     forward = OnnxRuntimeModel.forward
     monkeypatch.setattr(OnnxRuntimeModel, "forward", lambda self, images: {"out": forward(self, images)["out"] * 1.5})
-    with pytest.raises(VerificationFailed, match=r"evaluate.engine onnxruntime \(fp32\): max logit difference from "
-                                                 r"PyTorch fp32 is [0-9.e+-]+ on the first \d+ evaluation images, above "
-                                                 r"the tolerance 0.001 .*; set evaluate.engine to pytorch"):
+    with pytest.raises(VerificationFailed, match=r"evaluate.engine onnxruntime \(fp32\): max logit difference "
+                                                 r"from PyTorch fp32 is [0-9.e+-]+ on the first \d+ evaluation images, "
+                                                 r"above the tolerance 0.001 .*; set evaluate.engine to pytorch"):
         evaluate(checkpoint, run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval", batch_size=4, threads=2,
                  engine="onnxruntime")
     assert not (tmp_path / "eval" / "metrics.json").exists()

@@ -101,7 +101,8 @@ def split_miou(model: torch.nn.Module, loader: Any, num_classes: int, precision:
 
 def verify(onnx_path: str | Path, model: torch.nn.Module, state: dict[str, Any], manifest: str | Path,
            run_dir: str | Path, batch_size: int = 8, threads: int | None = None,
-           logit_tolerance: float = LOGIT_TOLERANCE, miou_tolerance: float = 1e-3, reported: dict[str, Any] | None = None) -> dict[str, Any]:
+           logit_tolerance: float = LOGIT_TOLERANCE, miou_tolerance: float = 1e-3,
+           reported: dict[str, Any] | None = None) -> dict[str, Any]:
     """ONNX Runtime against PyTorch fp32 on the test split (see the module's text); ``reported`` is the run's
     ``evaluation/metrics.json``, whose test mIoU (in the precision evaluate ran in) is set beside them."""
     use_threads(threads)
