@@ -28,7 +28,7 @@ import pandas as pd
 
 from cocoseg.compare import compare_confusions
 from cocoseg.provenance import device_description
-from cocoseg.simulate import ARMS, OTHER, REFERENCE, StudyModel, calibrate, simulate_study, true_miou
+from cocoseg.simulate import ARMS, StudyModel, calibrate, simulate_study, true_miou
 from cocoseg.stats import iou_per_class, nanmean
 
 
@@ -87,7 +87,7 @@ def time_study_size(configurations: int, seeds: int, images: int, resamples: int
     ours = time.perf_counter() - started
     started = time.perf_counter()
     draws = np.random.default_rng(1)
-    for name, stack in confusions.items():
+    for stack in confusions.values():
         bootstrap_comparison(confusions["config0"], stack, draws, resamples)
     baseline = time.perf_counter() - started
     return {"configurations": configurations, "seeds": seeds, "images": images, "comparison_s": ours,
@@ -126,8 +126,8 @@ def main() -> None:
           .to_markdown(index=False, floatfmt=".3f"))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"cpu": cpu, "calibration": rows, "speed": speed, "mc_se_at_0.05": float(np.sqrt(0.0475 / args.studies))},
-                      handle, indent=2)
+            json.dump({"cpu": cpu, "calibration": rows, "speed": speed,
+                       "mc_se_at_0.05": float(np.sqrt(0.0475 / args.studies))}, handle, indent=2)
 
 
 if __name__ == "__main__":

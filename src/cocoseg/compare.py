@@ -163,7 +163,8 @@ def configuration_row(variant: str, group: pd.DataFrame, result: Result, referen
         "test_miou_objects_ci_high": objects_high,
         **_difference_columns(result.difference, min(configuration.seeds, reference.seeds) > 1),
         **_power_columns(configuration, reference, result.difference),
-        "steps": group["steps"].mean(), "images": group["images"].mean(), "train_minutes": group["train_minutes"].mean(),
+        "steps": group["steps"].mean(), "images": group["images"].mean(),
+        "train_minutes": group["train_minutes"].mean(),
     }
 
 

@@ -146,13 +146,13 @@ def comparison_note(reference: str) -> str:
         f"images were drawn from the same distribution; it does not cover the choice of hyper-parameters, the "
         f"training data, or another dataset. With one seed it covers the test images only, as the row says. The "
         f"difference is from {reference}, paired image by image and unpaired over seeds (runs share no "
-        f"initialisation), with an interval and p-value that allow for seed spreads estimated from few seeds; p (Holm) adjusts for all the rows' "
-        f"comparisons at once, and significant means p (Holm) &lt; 0.05. A row with one seed, or compared with a "
-        f"reference of one seed, gets no p-value: its test could not hold its level. Not significant does not mean "
+        f"initialisation), with an interval and p-value that allow for seed spreads estimated from few seeds; "
+        f"p (Holm) adjusts for all the rows' comparisons at once, and significant means p (Holm) &lt; 0.05. "
+        f"A row with one seed, or compared with a reference of one seed, gets no p-value: its test could not hold its level. Not significant does not mean "
         f"equal: the true difference may lie anywhere in its interval, and differences smaller than the 'detectable "
-        f"at 80% power' column are found less than 80% of the time. Seed SD is the spread of one run's test mIoU; test-image SE is the part of "
-        f"the error that comes from the test images; the last two columns say how many seeds per configuration a "
-        f"difference of 0.02 or 0.01 mIoU would take on these test images. docs/study.md has the method and its "
+        f"at 80% power' column are found less than 80% of the time. Seed SD is the spread of one run's test mIoU; "
+        f"test-image SE is the part of the error that comes from the test images; the last two columns say how "
+        f"many seeds per configuration a difference of 0.02 or 0.01 mIoU would take on these test images. docs/study.md has the method and its "
         f"calibration.")
 
 
