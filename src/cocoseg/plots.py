@@ -148,12 +148,13 @@ def comparison_note(reference: str) -> str:
         f"difference is from {reference}, paired image by image and unpaired over seeds (runs share no "
         f"initialisation), with an interval and p-value that allow for seed spreads estimated from few seeds; "
         f"p (Holm) adjusts for all the rows' comparisons at once, and significant means p (Holm) &lt; 0.05. "
-        f"A row with one seed, or compared with a reference of one seed, gets no p-value: its test could not hold its level. Not significant does not mean "
+        f"A row with one seed, or compared with a reference of one seed, gets no p-value: its test could not hold "
+        f"its level. Not significant does not mean "
         f"equal: the true difference may lie anywhere in its interval, and differences smaller than the 'detectable "
         f"at 80% power' column are found less than 80% of the time. Seed SD is the spread of one run's test mIoU; "
         f"test-image SE is the part of the error that comes from the test images; the last two columns say how "
-        f"many seeds per configuration a difference of 0.02 or 0.01 mIoU would take on these test images. docs/study.md has the method and its "
-        f"calibration.")
+        f"many seeds per configuration a difference of 0.02 or 0.01 mIoU would take on these test images. "
+        f"docs/study.md has the method and its calibration.")
 
 
 def per_class_view(per_class: pd.DataFrame) -> pd.DataFrame:
