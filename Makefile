@@ -20,8 +20,10 @@ demo: $(BIN)/activate
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --report results/demo/report.html
 	@echo "report: $(CURDIR)/results/demo/report.html"
 
-# pytest exits 5 when it collected no test: that is a failure, said plainly.
+# ruff first (seconds), with the rules in pyproject.toml; pytest exits 5 when it collected no test: that is a
+# failure, said plainly.
 test: $(BIN)/activate
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; [ $$rc -ne 5 ] || echo "pytest collected no tests" >&2; exit $$rc; }
 
 # The Slurm path: a real single-node Slurm on this machine (root; installs Debian's Slurm 22.05 and munge

@@ -112,7 +112,7 @@ def main() -> None:
         ours = calibrate(arm, args.studies, args.effect_studies)
         baseline = baseline_rates(arm, args.studies, args.effect_studies, args.resamples, seed=0)
         rows.append({"arm": arm.name, "seeds": arm.seeds, "method": "variance components (cocoseg)",
-                     **{k: v for k, v in ours.__dict__.items()}})
+                     **dict(ours.__dict__.items())})
         rows.append({"arm": arm.name, "seeds": arm.seeds, "method": "two-level bootstrap (before)",
                      "studies": args.studies, **baseline})
         print(f"{arm.name}, {arm.seeds} seeds: done", flush=True)

@@ -44,25 +44,31 @@ import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+import albumentations as A
+from torch.utils.data import DataLoader, Dataset
 
-from cocoseg.batches import as_tensors, train_batches  # noqa: E402
-from cocoseg.cache import build_cache, load_split  # noqa: E402
-from cocoseg.data.masks import build_masks  # noqa: E402
-from cocoseg.data.select import select_images  # noqa: E402
-from cocoseg.data.split import split_manifest  # noqa: E402
-from cocoseg.data.synth import generate, unpack  # noqa: E402
-from cocoseg.device import (  # noqa: E402
-    MEMORY_FORMAT, PRECISIONS, precision_name, resolve_precision, to_channels_last, use_threads)
-from cocoseg.datasets import IMAGENET_MEAN, IMAGENET_STD, read_mask, read_rgb, train_transform  # noqa: E402
-from cocoseg.losses import build_loss  # noqa: E402
-from cocoseg.models import build_model  # noqa: E402
-from cocoseg.sampling import RepeatFactorSampler  # noqa: E402
-from cocoseg.device import select_device  # noqa: E402
-from cocoseg.evaluate import eval_loader, evaluate_model  # noqa: E402
-from cocoseg.settings import TrainSettings  # noqa: E402
-from cocoseg.train import train_step  # noqa: E402
+from cocoseg.batches import train_batches
+from cocoseg.cache import build_cache, load_split
+from cocoseg.data.masks import build_masks
+from cocoseg.data.select import select_images
+from cocoseg.data.split import split_manifest
+from cocoseg.data.synth import generate, unpack
+from cocoseg.datasets import IMAGENET_MEAN, IMAGENET_STD, read_mask, read_rgb, train_transform
+from cocoseg.device import (
+    MEMORY_FORMAT,
+    PRECISIONS,
+    precision_name,
+    resolve_precision,
+    select_device,
+    to_channels_last,
+    use_threads,
+)
+from cocoseg.evaluate import eval_loader, evaluate_model
+from cocoseg.losses import build_loss
+from cocoseg.models import build_model
+from cocoseg.sampling import RepeatFactorSampler
+from cocoseg.settings import TrainSettings
+from cocoseg.train import train_step
 
 CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
 NUM_CLASSES = len(CLASSES) + 1
@@ -223,8 +229,8 @@ def bench_study(backbone: str, rows: pd.DataFrame, run_dir: Path, args: argparse
     def steps(count: int) -> int:
         model.train()
         seen = 0
-        for images, masks in repeat(loader(True), count):
-            images, masks = images.to(device), masks.to(device)
+        for host_images, host_masks in repeat(loader(True), count):
+            images, masks = host_images.to(device), host_masks.to(device)
             loss = loss_fn(model(images)["out"], masks)
             optimizer.zero_grad()
             loss.backward()

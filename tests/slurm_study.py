@@ -8,9 +8,9 @@ only in the rarely run real-Slurm test.
 from __future__ import annotations
 
 import yaml
+from conftest import REPO
 
 from cocoseg.variants import run_dir_name
-from conftest import REPO
 
 VARIANTS = ["mobilenet_v3_large-cross_entropy-uniform", "mobilenet_v3_large-focal_tversky-oversample"]
 DATASET = "synthetic-slurm"

@@ -116,7 +116,7 @@ def batch_job(job_id: str, log: str, workdir: str, script: str) -> int:
 def srun(argv: list[str]) -> int:
     found, command = options(argv)
     tasks = int(found.get("-n") or found.get("--ntasks") or 1)
-    _record({"command": "srun", "job_id": int(os.environ.get("SLURM_JOB_ID", 0)), "argv": argv, "tasks": tasks})
+    _record({"command": "srun", "job_id": int(os.environ.get("SLURM_JOB_ID", "0")), "argv": argv, "tasks": tasks})
     env = {**os.environ, "SLURM_NTASKS": str(tasks)}
     if found.get("--gpus"):  # as Slurm's GRES plugin does for the step's GPUs
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in range(int(found["--gpus"])))

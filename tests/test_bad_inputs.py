@@ -7,13 +7,13 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import CLASSES
 from PIL import Image
 
 from cocoseg.coco import load_index
 from cocoseg.data.masks import build_masks
 from cocoseg.data.select import select_images
 from cocoseg.data.split import split_manifest
-from conftest import CLASSES
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 

@@ -4,8 +4,9 @@ import json
 import subprocess
 import sys
 
-from cocoseg.device import cpu_has_native_bf16
 from conftest import REPO
+
+from cocoseg.device import cpu_has_native_bf16
 
 
 def test_bench_train_smoke(tmp_path):

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import yaml
+from conftest import REPO, without_training_stack
 
 from cocoseg.config import ConfigError, load_config, validate_config
-from conftest import REPO, without_training_stack
 
 
 def study() -> dict:

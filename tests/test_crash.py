@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO
 
 from cocoseg.checkpoint import load_checkpoint
 from cocoseg.train import TIMING_COLUMNS
-from conftest import REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 RUN = "crash"

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import torch
+from conftest import run_script
 
 from cocoseg.device import autocast, cpu_flags, cpu_has_native_bf16, resolve_precision, to_channels_last, use_threads
+from cocoseg.lifecycle import process_threads
 from cocoseg.losses import build_loss
 from cocoseg.models import build_model
-from cocoseg.lifecycle import process_threads
 from cocoseg.train import train_step
-from conftest import run_script
 
 NUM_CLASSES = 6
 CPU = torch.device("cpu")
@@ -58,7 +58,7 @@ def test_precision_is_resolved_per_device(monkeypatch):
     assert resolve_precision("auto", cuda) == torch.bfloat16
     assert resolve_precision("fp32", cuda) is None and resolve_precision("bf16", CPU) == torch.bfloat16
     for native in (True, False):
-        monkeypatch.setattr("cocoseg.device.cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr("cocoseg.device.cpu_has_native_bf16", lambda native=native: native)
         assert resolve_precision("auto", CPU) == (torch.bfloat16 if native else None)
         assert resolve_precision("fp32", CPU) is None
     with pytest.raises(ValueError, match="unknown train.precision 'fp16'"):
@@ -140,7 +140,7 @@ def test_bf16_logits_are_close_to_fp32(backbone):
     (ResNet-50), argmax agreeing on 100% and 99.4% of the pixels; the bounds, 3% and 97%, leave
     room for other CPUs' kernels while failing on a wrong dtype, layout or missing autocast
     (random logits agree on about 1/6 of the pixels)."""
-    images, masks = batch(4, 64)
+    images, _masks = batch(4, 64)
     model = to_channels_last(model_with_statistics(backbone, images))
     images = to_channels_last(images)
     with torch.inference_mode():

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import REPO
 
 # Spelled in pieces, so that this file does not match itself.

@@ -5,6 +5,7 @@ import http.server
 import threading
 import time
 from collections import namedtuple
+from typing import ClassVar
 
 import pytest
 
@@ -19,12 +20,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     cut_first = 0  # requests to cut short after half the bytes
     stall = 0.0
-    requests: list = []
+    requests: ClassVar[list] = []
 
     def log_message(self, *args):
         pass
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         cls = type(self)
         cls.requests.append(self.headers.get("Range"))
         if self.path != "/data.bin":

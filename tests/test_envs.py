@@ -11,7 +11,6 @@ import tomllib
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))

@@ -2,12 +2,12 @@ import zipfile
 
 import pandas as pd
 import pytest
+from conftest import CLASSES
 
 import cocoseg.data.extract
 from cocoseg.categories import COCO_CATEGORY_NAMES, class_set_name
 from cocoseg.coco import load_index
 from cocoseg.data.extract import ArchiveError, UnsafeArchiveError, extract_images, extract_member
-from conftest import CLASSES
 
 
 @pytest.mark.parametrize("evil", ["../escape.txt", "val2014/../../escape.txt", "/etc/escape.txt", "C:/escape.txt"])

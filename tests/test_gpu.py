@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_augment import as_batch, scenes
+from test_train import run_training, settings, sigterm_after, weights
 
 from cocoseg.augment import augment_batch, warp_batch
 from cocoseg.metrics import ConfusionMatrix
-from test_augment import as_batch, scenes
-from test_train import run_training, settings, sigterm_after, weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -74,8 +74,9 @@ def test_training_interrupted_on_the_gpu_resumes(run_dir, tmp_path, monkeypatch)
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_two_gpus_with_nccl_train_one_model(run_dir, tmp_path):
-    from cocoseg.train import train_distributed
     from conftest import CLASSES
+
+    from cocoseg.train import train_distributed
 
     train_distributed(2, run_dir / "data" / "manifest.csv", run_dir, tmp_path, CLASSES,
                       settings(device="auto", epochs=1), variant="v", threads=2)

@@ -6,13 +6,13 @@ import tempfile
 
 import pytest
 import yaml
+from conftest import CLASSES, REPO, run_rule_script
 
 import cocoseg.lifecycle
 import cocoseg.train
 from cocoseg.config import validate_config
 from cocoseg.lifecycle import claimed_gpus
 from cocoseg.variants import tracked_settings
-from conftest import CLASSES, REPO, run_rule_script
 
 
 def hold_slots(count, total, lock_dir, report, release):
@@ -37,9 +37,8 @@ def test_concurrent_jobs_get_different_gpus_and_the_next_waits(tmp_path, no_visi
         claims = [report.get(timeout=60) for _ in jobs]
         assert sorted(tuple(slots) for slots, _ in claims) == [(0, 1), (2, 3)]
         assert {visible for _, visible in claims} == {"0,1", "2,3"}
-        with pytest.raises(TimeoutError, match="free GPU"):  # all four held: a third job waits
-            with claimed_gpus(1, 4, tmp_path, timeout=1.5):
-                pass
+        with pytest.raises(TimeoutError, match="free GPU"), claimed_gpus(1, 4, tmp_path, timeout=1.5):
+            pass  # all four held: a third job waits
     finally:
         release.set()
         for job in jobs:

@@ -7,10 +7,10 @@ handler yet (the 143 mapping) in test_train.py, GPU claims in test_gpu_slots.py.
 
 import pytest
 import torch
+from conftest import run_script
 
 from cocoseg import lifecycle
 from cocoseg.lifecycle import CHECK_EVERY, Ranks, StopRequest
-from conftest import run_script
 
 
 def test_ranks_stop_together_and_read_the_flag_only_every_check_every_steps(monkeypatch):

@@ -32,7 +32,7 @@ def test_weighted_cross_entropy_by_hand():
 
 
 def test_focal_tversky_by_hand():
-    logits, p = two_pixel_batch()
+    logits, _p = two_pixel_batch()
     target = torch.tensor([[[0, 1]]])
     alpha, beta, gamma, s = 0.3, 0.7, 0.75, 1.0
     # class 0: TP = 0.8, FP = 0.3, FN = 0.2 ; class 1: TP = 0.7, FP = 0.2, FN = 0.3

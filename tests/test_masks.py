@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CLASSES
 from PIL import Image
 from pycocotools.coco import COCO
 
 from cocoseg.data.masks import build_masks, render_mask
 from cocoseg.data.select import select_images
-from conftest import CLASSES
 
 
 def reference_mask(coco: COCO, image_id: int, crowd: str) -> np.ndarray:

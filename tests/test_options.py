@@ -11,14 +11,14 @@ import signal
 import pandas as pd
 import pytest
 import torch
+from conftest import CLASSES
 
+import cocoseg.train as train_module
 from cocoseg.evaluate import evaluate
+from cocoseg.metrics import metrics_from_confusion
 from cocoseg.models import build_model
 from cocoseg.predict import predict
-import cocoseg.train as train_module
-from cocoseg.metrics import metrics_from_confusion
 from cocoseg.train import TrainingInterrupted, TrainSettings, load_checkpoint, train
-from conftest import CLASSES
 
 
 def settings(**changes) -> TrainSettings:

@@ -3,12 +3,12 @@
 import re
 
 import yaml
+from conftest import REPO
 
 from cocoseg.device import PRECISIONS
 from cocoseg.losses import LOSSES, WEIGHT_SCHEMES
 from cocoseg.models import BACKBONES
 from cocoseg.sampling import SAMPLINGS
-from conftest import REPO
 
 REGISTRIES = {"backbones": tuple(BACKBONES), "losses": LOSSES, "samplings": SAMPLINGS,
               "class weights": WEIGHT_SCHEMES, "precisions": PRECISIONS}

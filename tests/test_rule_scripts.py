@@ -6,12 +6,12 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CLASSES, run_rule_script
 from PIL import Image
 
 from cocoseg.data.masks import build_masks
 from cocoseg.data.select import select_images
 from cocoseg.data.split import split_manifest
-from conftest import CLASSES, run_rule_script
 
 
 @pytest.fixture(scope="module")

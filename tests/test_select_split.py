@@ -1,11 +1,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CLASSES
 
 from cocoseg.coco import load_index
 from cocoseg.data.select import select_images
 from cocoseg.data.split import SPLITS, split_sizes, stratified_split
-from conftest import CLASSES
 
 
 def selected_ids(synthetic, out, **kwargs):

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-
 import slurm_study
+import yaml
+from conftest import REPO
+
 from cocoseg.checkpoint import load_checkpoint
 from cocoseg.train import TIMING_COLUMNS
-from conftest import REPO
 
 pytestmark = pytest.mark.slurm
 
@@ -196,12 +196,13 @@ def _shut_down(daemons: list[Daemon], saved_conf: bytes | None) -> None:
     one before it fails (the first failure is raised at the end)."""
     steps = [_cancel_leftover_jobs] if any(d.name == "slurmd" and d.process.poll() is None for d in daemons) else []
     steps += [daemon.stop for daemon in reversed(daemons)]
-    steps.append(lambda: SLURM_CONF.unlink(missing_ok=True) if saved_conf is None else SLURM_CONF.write_bytes(saved_conf))
+    steps.append(lambda: SLURM_CONF.unlink(missing_ok=True) if saved_conf is None
+                 else SLURM_CONF.write_bytes(saved_conf))
     failures = []
     for step in steps:
         try:
             step()
-        except Exception as failure:  # noqa: BLE001 - the remaining steps must still run
+        except Exception as failure:
             failures.append(failure)
     if failures:
         raise failures[0]

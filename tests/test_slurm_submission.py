@@ -19,9 +19,8 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-
 import slurm_study
+import yaml
 from conftest import REPO
 from standin_slurm import calls, install, options
 
@@ -112,7 +111,7 @@ def test_two_gpu_training_is_one_task_with_two_gpus_that_starts_two_ranks(submit
 
 @pytest.mark.slurm
 def test_evaluation_is_one_task_with_one_gpu(submitted):
-    root, model, config, recorded = submitted
+    _root, model, _config, recorded = submitted
     sbatch, steps = job_calls(recorded, "evaluate")
     assert_one_task(sbatch, steps, gpus=1)
     assert (model / "evaluation/metrics.json").exists()

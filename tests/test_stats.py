@@ -11,8 +11,17 @@ from cocoseg.compare import compare
 from cocoseg.metrics import metrics_from_confusion
 from cocoseg.plots import power_curves, write_comparison, write_tables
 from cocoseg.simulate import TESTED_ARMS, calibrate
-from cocoseg.stats import (Configuration, Inference, detectable_difference, difference, generalized_quantile, holm,
-                           inference, jackknife, seeds_needed)
+from cocoseg.stats import (
+    Configuration,
+    Inference,
+    detectable_difference,
+    difference,
+    generalized_quantile,
+    holm,
+    inference,
+    jackknife,
+    seeds_needed,
+)
 
 CLASSES = ["a", "b"]
 REFERENCE = "mobilenet_v3_large-cross_entropy-uniform"
@@ -267,7 +276,7 @@ def test_bad_input_names_the_file_and_the_fix(disagreeing_runs):
                               random_confusions(rng, 1, 30, classes=4)[0], np.arange(100, 130))
     for other in (other_images, other_classes):
         with pytest.raises(ValueError, match="holds other test images or classes than .*re-run evaluate on the same"):
-            compare_folders(folders[:4] + [other])
+            compare_folders([*folders[:4], other])
     npz = folders[4] / "evaluation/per_image_confusion.npz"
     np.savez(npz, ids=np.arange(30))
     with pytest.raises(ValueError, match="per_image_confusion.npz lacks confusion, image_id: .*delete it and run"):

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import CLASSES, run_script
 
 import cocoseg.train as train_module
 from cocoseg.device import cpu_has_native_bf16
 from cocoseg.evaluate import evaluate
 from cocoseg.io import link_or_copy
-from cocoseg.predict import predict
 from cocoseg.models import build_model
+from cocoseg.predict import predict
 from cocoseg.train import TIMING_COLUMNS, TrainingInterrupted, TrainSettings, load_checkpoint, train, train_distributed
-from conftest import CLASSES, run_script
 
 
 def settings(**changes):
@@ -266,7 +266,7 @@ def test_select_device_maps_local_ranks_onto_the_claimed_gpus(monkeypatch, tmp_p
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    other_job = [open(tmp_path / f"gpu{index}.lock", "a") for index in (0, 1)]
+    other_job = [open(tmp_path / f"gpu{index}.lock", "a") for index in (0, 1)]  # noqa: SIM115 - closed below
     for handle in other_job:
         fcntl.flock(handle, fcntl.LOCK_EX)  # another job's claim (the locks are per open file)
     with claimed_gpus(2, 4, tmp_path) as slots:

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import CLASSES, REPO, without_training_stack
 from PIL import Image
 
 from cocoseg.categories import class_set_name
 from cocoseg.data.split import stratified_split
-from conftest import CLASSES, REPO, without_training_stack
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 

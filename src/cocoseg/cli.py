@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.nproc > 1:
         train_distributed(args.nproc, *arguments, cache_dir=args.cache_dir, log_file=args.log)
     else:  # one process, or one rank of torchrun (which initialises the process group)
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             import torch
 
             torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

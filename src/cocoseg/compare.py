@@ -18,8 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cocoseg.stats import ALPHA, Configuration, Inference, detectable_difference, difference, holm, inference, \
-    seeds_needed
+from cocoseg.stats import (
+    ALPHA,
+    Configuration,
+    Inference,
+    detectable_difference,
+    difference,
+    holm,
+    inference,
+    seeds_needed,
+)
 
 MIOU, MIOU_OBJECTS = 0, 1  # positions in cocoseg.stats.statistics; the classes' IoU follow
 PLANNED_DELTAS = (0.01, 0.02)
@@ -214,7 +222,7 @@ def compare_confusions(runs: pd.DataFrame, confusions: dict[str, np.ndarray], cl
     if reference not in confusions:
         raise ValueError(f"evaluate.reference {reference!r} was not evaluated; use one of "
                          f"{', '.join(confusions)} (or add it to the grid)")
-    seeds, images, num_classes, _ = next(iter(confusions.values())).shape
+    _, images, num_classes, _ = next(iter(confusions.values())).shape
     if num_classes != len(classes) + 1:
         raise ValueError(f"the confusion matrices have {num_classes} classes, background included, and the config "
                          f"names {len(classes)} ({', '.join(classes)}): compare with the config the runs were "

@@ -24,8 +24,15 @@ from cocoseg.checkpoint import load_checkpoint
 from cocoseg.data.masks import palette, save_mask
 from cocoseg.data.split import split_rows
 from cocoseg.datasets import SegmentationDataset, collate_eval, eval_transform
-from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, select_device,
-                            to_channels_last, use_threads)
+from cocoseg.device import (
+    MEMORY_FORMAT,
+    autocast,
+    precision_name,
+    resolve_precision,
+    select_device,
+    to_channels_last,
+    use_threads,
+)
 from cocoseg.io import atomic_path, publish_folder, work_folder, write_csv
 from cocoseg.lifecycle import loader_workers
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
@@ -35,25 +42,21 @@ from cocoseg.settings import TrainSettings
 log = logging.getLogger(__name__)
 
 
-def _prepare_batch(batch: dict[str, Any], device: torch.device, contiguous: bool = False) -> tuple[torch.Tensor, Any]:
-    """The batch on ``device``: images channels_last for PyTorch's model, NCHW-contiguous where ``contiguous``
+def _batch_images(batch: dict[str, Any], device: torch.device, contiguous: bool = False) -> torch.Tensor:
+    """The batch's images on ``device``: channels_last for PyTorch's model, NCHW-contiguous where ``contiguous``
     (the exported model's runtimes, which would otherwise copy them back)."""
     images = batch["image"].to(device, non_blocking=True)
-    images = images.contiguous() if contiguous else to_channels_last(images)
-    masks = batch["mask"]
-    if isinstance(masks, torch.Tensor):
-        masks = masks.to(device, non_blocking=True)
-    return images, masks
+    return images.contiguous() if contiguous else to_channels_last(images)
 
 
 def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-                   precision: torch.dtype | None, loss_fn: torch.nn.Module | None = None,
+                   precision: torch.dtype | None,
                    on_prediction: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
-    """Confusion matrices (and mean loss) at each mask's own resolution: logits are upsampled bilinearly.
+    """Confusion matrices at each mask's own resolution: logits are upsampled bilinearly.
 
     Besides the split's metrics, ``image_ids`` and ``per_image_confusion`` (N x C x C, int64, rows
     truth): each image's own matrix, whose sum is the split's. The model runs under autocast to
-    ``precision``; upsampling, argmax and loss are fp32. One image at a time: batching the images of
+    ``precision``; upsampling and argmax are fp32. One image at a time: batching the images of
     one size into one interpolate call was measured no faster on the CPU (640x480 masks, 256 px
     channels_last logits: 4.5 ms an image alone, 5.2 in batches of 16).
     """
@@ -61,21 +64,17 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int,
     confusion = ConfusionMatrix(num_classes, device)
     per_image: list[torch.Tensor] = []
     image_ids: list[int] = []
-    loss_sum = torch.zeros((), device=device)
     contiguous = getattr(model, "takes_contiguous", False)
     with torch.inference_mode(), autocast(device, precision):
         for batch in loader:
-            images, masks = _prepare_batch(batch, device, contiguous)
-            logits, _ = forward_logits(model, images)
-            for i, mask in enumerate(masks):
-                mask = mask.to(device)
+            logits, _ = forward_logits(model, _batch_images(batch, device, contiguous))
+            for i, host_mask in enumerate(batch["mask"]):
+                mask = host_mask.to(device)
                 upsampled = F.interpolate(logits[i : i + 1].float(), size=mask.shape, mode="bilinear",
                                           align_corners=False)
                 prediction = upsampled.argmax(1)[0]
                 per_image.append(confusion.update(prediction, mask))
                 image_ids.append(int(batch["image_id"][i]))
-                if loss_fn is not None:
-                    loss_sum += loss_fn(upsampled, mask[None])
                 if on_prediction is not None:
                     on_prediction(batch["image_id"][i], prediction, mask)
     result = metrics_from_confusion(confusion.numpy())
@@ -83,7 +82,6 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, num_classes: int,
     result["image_ids"] = np.array(image_ids, dtype=np.int64)
     result["per_image_confusion"] = (torch.stack(per_image).view(-1, num_classes, num_classes).cpu().numpy()
                                      if per_image else np.zeros((0, num_classes, num_classes), dtype=np.int64))
-    result["loss"] = float(loss_sum) / max(len(image_ids), 1)
     return result
 
 

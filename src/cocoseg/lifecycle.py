@@ -119,7 +119,7 @@ def process_threads(threads: int | None) -> int | None:
     ``LOCAL_WORLD_SIZE``, or ``launch``'s ranks) share its cores."""
     if not threads:
         return None
-    return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 @contextlib.contextmanager
@@ -287,7 +287,7 @@ def _lock_free_slots(files: list[Path], count: int) -> list[tuple[int, Any]] | N
     """Exclusive locks on ``count`` of ``files``, or None (and nothing held) when fewer are free."""
     held = []
     for index, path in enumerate(files):
-        handle = open(path, "a")
+        handle = open(path, "a")  # noqa: SIM115 - held open past this function: the lock lives as long as the handle
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -9,18 +9,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-from cocoseg.data.masks import palette  # noqa: E402
-from cocoseg.data.split import split_rows  # noqa: E402
-from cocoseg.datasets import read_mask, read_rgb  # noqa: E402
-from cocoseg.io import save_figure, write_csv, write_text  # noqa: E402
-from cocoseg.stats import detectable_difference  # noqa: E402
-from cocoseg.variants import parse_variant  # noqa: E402
+from cocoseg.data.masks import palette
+from cocoseg.data.split import split_rows
+from cocoseg.datasets import read_mask, read_rgb
+from cocoseg.io import save_figure, write_csv, write_text
+from cocoseg.stats import detectable_difference
+from cocoseg.variants import parse_variant
 
 
 def _read_json(path: str | Path) -> dict:

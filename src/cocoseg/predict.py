@@ -13,8 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cocoseg.data.masks import palette, save_mask
 from cocoseg.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform, read_rgb
-from cocoseg.device import (autocast, precision_name, resolve_precision, select_device, to_channels_last,
-                            use_threads)
+from cocoseg.device import autocast, precision_name, resolve_precision, select_device, to_channels_last, use_threads
 from cocoseg.evaluate import load_model
 from cocoseg.export import checked_checkpoint
 from cocoseg.io import atomic_path

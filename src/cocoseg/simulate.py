@@ -50,7 +50,7 @@ def run_confusions(pixels: np.ndarray, logit: np.ndarray) -> np.ndarray:
     wrong = pixels - correct
     # Where each class's errors go: objects mostly to background, background to the objects present.
     present = (pixels[:, 1:] > 0).astype(np.float64)
-    to = np.zeros(pixels.shape + (classes,))
+    to = np.zeros((*pixels.shape, classes))
     to[:, 0, 1:] = present / present.sum(axis=1, keepdims=True)
     for c in range(1, classes):
         others = [o for o in range(1, classes) if o != c]

@@ -37,14 +37,37 @@ from tqdm import tqdm
 
 from cocoseg.batches import Batch, DeviceBatches, LoaderBatches, as_tensors, eval_batches, train_batches
 from cocoseg.cache import CachedSplit, ensure_cache, load_split, manifest_sha256
-from cocoseg.checkpoint import (Best, PartialEpoch, TrainState, load_checkpoint, rng_state, save_checkpoint,
-                                set_rng_state)
+from cocoseg.checkpoint import (
+    Best,
+    PartialEpoch,
+    TrainState,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from cocoseg.data.split import split_rows
-from cocoseg.device import (MEMORY_FORMAT, autocast, precision_name, resolve_precision, select_device,
-                            to_channels_last, use_threads)
+from cocoseg.device import (
+    MEMORY_FORMAT,
+    autocast,
+    precision_name,
+    resolve_precision,
+    select_device,
+    to_channels_last,
+    use_threads,
+)
 from cocoseg.io import atomic_path, link_or_copy, write_csv
-from cocoseg.lifecycle import (CHECK_EVERY, Ranks, StopRequest, TrainingInterrupted, all_reduce, current_ranks,
-                               launch, preemptible, process_threads)
+from cocoseg.lifecycle import (
+    CHECK_EVERY,
+    Ranks,
+    StopRequest,
+    TrainingInterrupted,
+    all_reduce,
+    current_ranks,
+    launch,
+    preemptible,
+    process_threads,
+)
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits

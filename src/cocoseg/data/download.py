@@ -41,7 +41,7 @@ def sha256sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _open(url: str, offset: int, timeout: float):  # noqa: ANN202 - urllib's response type
+def _open(url: str, offset: int, timeout: float):
     request = urllib.request.Request(url, headers={"User-Agent": "cocoseg"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")

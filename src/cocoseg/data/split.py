@@ -105,8 +105,8 @@ def split_manifest(
         raise ValueError(f"no mask pixel counts for images {manifest.loc[missing, 'image_id'].tolist()[:10]}")
     manifest = manifest.sort_values("image_id").reset_index(drop=True)
     pixel_columns = [f"pixels_{name}" for name in classes]
-    manifest[pixel_columns + ["pixels_background", "pixels_ignore"]] = manifest[
-        pixel_columns + ["pixels_background", "pixels_ignore"]].astype("int64")
+    manifest[[*pixel_columns, "pixels_background", "pixels_ignore"]] = manifest[
+        [*pixel_columns, "pixels_background", "pixels_ignore"]].astype("int64")
     manifest["split"] = stratified_split(manifest[pixel_columns] > 0, fractions, seed)
     manifest["mask_path"] = [f"{folder}/{i}.png" for folder, i in zip(manifest.pop("mask_dir"), manifest["image_id"])]
     if images_dir is not None:

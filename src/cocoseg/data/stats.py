@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from cocoseg.data.split import SPLITS  # noqa: E402
-from cocoseg.io import save_figure, write_csv, write_html_table  # noqa: E402
+from cocoseg.data.split import SPLITS
+from cocoseg.io import save_figure, write_csv, write_html_table
 
 log = logging.getLogger(__name__)
 
