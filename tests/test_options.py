@@ -23,8 +23,8 @@ from cocoseg.train import TrainingInterrupted, TrainSettings, load_checkpoint, t
 
 def settings(**changes) -> TrainSettings:
     base = dict(backbone="mobilenet_v3_large", loss="cross_entropy", sampling="uniform", image_size=48, epochs=2,
-                batch_size=4, lr=1e-3, rotate=0, bn_momentum=0.1, num_workers=0, wandb_mode="disabled",
-                eval_batch_size=4, precision="fp32")
+                batch_size=4, lr=1e-3, rotate=0, weights_backbone="none", bn_momentum=0.1, num_workers=0,
+                wandb_mode="disabled", eval_batch_size=4, precision="fp32")
     return TrainSettings(**{**base, **changes})
 
 

@@ -22,8 +22,8 @@ from cocoseg.train import TIMING_COLUMNS, TrainingInterrupted, TrainSettings, lo
 
 def settings(**changes):
     base = dict(backbone="mobilenet_v3_large", loss="focal_tversky", sampling="oversample", image_size=48, epochs=2,
-                batch_size=4, lr=1e-3, rotate=10, vflip=0.5, bn_momentum=0.1, num_workers=0, wandb_mode="disabled",
-                eval_batch_size=4)
+                batch_size=4, lr=1e-3, rotate=10, vflip=0.5, weights_backbone="none", bn_momentum=0.1, num_workers=0,
+                wandb_mode="disabled", eval_batch_size=4)
     return TrainSettings(**{**base, **changes})
 
 
@@ -142,8 +142,8 @@ if sys.argv[4] == "slow":  # workers (forked) load slowly, so that the signal fi
 
     cocoseg.datasets.CachedTrainDataset.__getitem__ = slow_load
 settings = TrainSettings(backbone="mobilenet_v3_large", loss="cross_entropy", sampling="uniform", image_size=48,
-                         epochs=2, batch_size=4, lr=1e-3, bn_momentum=0.1, num_workers=2, wandb_mode="disabled",
-                         eval_batch_size=4, precision="fp32")
+                         epochs=2, batch_size=4, lr=1e-3, weights_backbone="none", bn_momentum=0.1, num_workers=2,
+                         wandb_mode="disabled", eval_batch_size=4, precision="fp32")
 train(run_dir / "data" / "manifest.csv", run_dir, out, sys.argv[5].split(","), settings, variant="v", threads=1)
 """
 
@@ -203,8 +203,8 @@ from cocoseg.train import TrainSettings, train_distributed
 if __name__ == "__main__":
     run_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     settings = TrainSettings(backbone="mobilenet_v3_large", loss="cross_entropy", sampling="uniform", image_size=48,
-                             epochs=int(sys.argv[3]), batch_size=4, lr=1e-3, bn_momentum=0.1, num_workers=1,
-                             wandb_mode="disabled", eval_batch_size=4, precision="fp32")
+                             epochs=int(sys.argv[3]), batch_size=4, lr=1e-3, weights_backbone="none", bn_momentum=0.1,
+                             num_workers=1, wandb_mode="disabled", eval_batch_size=4, precision="fp32")
     train_distributed(2, run_dir / "data" / "manifest.csv", run_dir, out, sys.argv[4].split(","), settings,
                       variant="v", threads=2)
 """

@@ -4,6 +4,7 @@ a schema cannot express."""
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.resources
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,37 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def load_schema(schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
     with open(schema_path, encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+@functools.cache
+def _package_schema() -> dict[str, Any]:
+    return load_schema(SCHEMA_PATH)
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default of a dotted config key (``train.augment.vflip``): the one place defaults are written.
+
+    The settings, the command line's options and the library's parameters that stand for a config key take
+    their defaults from here. An object's default comes with its keys' defaults filled in, as validation fills
+    them (``loss.focal_tversky`` gives alpha, beta, gamma and smooth).
+    """
+    node = _package_schema()
+    for part in key.split("."):
+        node = node.get("properties", {}).get(part)
+        if node is None:
+            raise KeyError(f"{SCHEMA_PATH} has no config key {key!r}")
+    if "default" not in node:
+        raise KeyError(f"{SCHEMA_PATH} gives {key!r} no default")
+    return _filled(node)
+
+
+def _filled(node: dict[str, Any]) -> Any:
+    value = copy.deepcopy(node["default"])
+    if isinstance(value, dict):
+        for name, child in node.get("properties", {}).items():
+            if "default" in child:
+                value.setdefault(name, _filled(child))
+    return value
 
 
 def validate_config(

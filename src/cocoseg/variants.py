@@ -7,11 +7,12 @@ order and the augmentation, not the data split.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 from typing import Any
 
-from cocoseg.settings import UNTRACKED_SETTINGS, TrainSettings
+from cocoseg.settings import CONFIG_KEYS, UNTRACKED_SETTINGS, TrainSettings
 
 
 def expand_variants(config: dict[str, Any]) -> list[str]:
@@ -23,7 +24,7 @@ def expand_variants(config: dict[str, Any]) -> list[str]:
 
 
 def grid_seeds(config: dict[str, Any]) -> list[int]:
-    return list(config["grid"].get("seeds", [0]))
+    return list(config["grid"]["seeds"])
 
 
 def run_dir_name(variant: str, seed: int) -> str:
@@ -39,26 +40,21 @@ def parse_variant(name: str) -> tuple[str, str, str]:
 
 
 def settings_for(config: dict[str, Any], variant: str, seed: int | None = None) -> TrainSettings:
-    """The run's settings; ``seed`` defaults to the grid's first."""
+    """The run's settings, each from its config key (``CONFIG_KEYS``); ``seed`` defaults to the grid's first."""
     backbone, loss, sampling = parse_variant(variant)
     train = {**config["train"], **config["train"].get("overrides", {}).get(backbone, {})}
-    model = config["model"]
-    return TrainSettings(
-        backbone=backbone, loss=loss, sampling=sampling,
-        image_size=train["image_size"], epochs=train["epochs"], budget=train["budget"],
-        batch_size=train["batch_size"], lr=train["lr"],
-        base_batch_size=train["base_batch_size"], lr_scaling=train["lr_scaling"],
-        data_on_device=train["data_on_device"], compile=train["compile"], precision=train["precision"],
-        weight_decay=train["weight_decay"], scheduler=train["scheduler"], warmup_epochs=train["warmup_epochs"],
-        hflip=train["augment"]["hflip"], vflip=train["augment"]["vflip"], rotate=train["augment"]["rotate"],
-        weights_backbone=model["weights_backbone"], aux_loss=model["aux_loss"], aux_weight=model["aux_weight"],
-        bn_momentum=model["bn_momentum"], bn_recalibration=model["bn_recalibration"],
-        class_weights=config["loss"]["class_weights"], repeat_threshold=config["sampling"]["repeat_threshold"],
-        focal_tversky=dict(config["loss"]["focal_tversky"]),
-        eval_batch_size=config["evaluate"]["batch_size"], num_workers=train["num_workers"],
-        seed=grid_seeds(config)[0] if seed is None else int(seed),
-        device=train["device"], wandb_mode=config["wandb"]["mode"], wandb_project=config["wandb"]["project"],
-    )
+    chosen = {**config, "train": train}
+    return TrainSettings(backbone=backbone, loss=loss, sampling=sampling,
+                         seed=grid_seeds(config)[0] if seed is None else int(seed),
+                         **{name: copy.deepcopy(_lookup(chosen, key)) for name, key in CONFIG_KEYS.items()})
+
+
+def _lookup(config: dict[str, Any], key: str) -> Any:
+    """The value of a dotted key in a validated config (which holds every key the schema gives a default)."""
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
 
 
 def tracked_settings(config: dict[str, Any], variant: str, seed: int) -> dict[str, Any]:

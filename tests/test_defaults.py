@@ -1,0 +1,88 @@
+"""Defaults live in the schema: the settings, the command line and the library take them from there, so a
+default written a second time with another value fails here."""
+
+import dataclasses
+
+import yaml
+from conftest import REPO
+
+from cocoseg.config import validate_config
+from cocoseg.settings import CONFIG_KEYS, TrainSettings
+from cocoseg.variants import settings_for
+
+VARIANT = "resnet50-focal_tversky-oversample"
+# The settings named otherwise than the last part of their config key.
+RENAMED = {"eval_batch_size": "evaluate.batch_size", "wandb_mode": "wandb.mode", "wandb_project": "wandb.project"}
+
+
+def schema_defaults(node=None, prefix=""):
+    """Every dotted key of schema.yaml with its ``default:`` as written there, read without cocoseg's code."""
+    if node is None:
+        node = yaml.safe_load((REPO / "src" / "cocoseg" / "schema.yaml").read_text())
+    found = {}
+    for name, child in node.get("properties", {}).items():
+        key = f"{prefix}{name}"
+        if "default" in child:
+            found[key] = child["default"]
+        found.update(schema_defaults(child, f"{key}."))
+    return found
+
+
+def minimal_config() -> dict:
+    """Only what the schema requires: everything else takes its default."""
+    return validate_config({
+        "run": "minimal", "dataset": {"source": "synthetic", "classes": ["person", "car"]},
+        "split": {"train": 0.8, "val": 0.1, "test": 0.1},
+        "grid": {"backbones": ["resnet50"], "losses": ["focal_tversky"], "samplings": ["oversample"]}, "train": {},
+    })
+
+
+def test_every_setting_defaults_to_the_schemas_default_of_its_key():
+    defaults, written = schema_defaults(), TrainSettings("b", "l", "s")
+    for name, key in CONFIG_KEYS.items():
+        expected = defaults[key]
+        if isinstance(expected, dict):  # an object: its keys' own defaults, as validation fills them in
+            expected = {**{k[len(key) + 1:]: v for k, v in defaults.items() if k.startswith(f"{key}.")}, **expected}
+        assert getattr(written, name) == expected, (name, key)
+    assert written.seed == defaults["grid.seeds"][0]
+
+
+def test_every_setting_but_the_variant_and_seed_has_a_config_key_of_its_own_name():
+    names = {field.name for field in dataclasses.fields(TrainSettings)}
+    assert set(CONFIG_KEYS) == names - {"backbone", "loss", "sampling", "seed"}
+    assert len(set(CONFIG_KEYS.values())) == len(CONFIG_KEYS)
+    for name, key in CONFIG_KEYS.items():
+        assert RENAMED.get(name, key) == key and (name in RENAMED or key.rsplit(".", 1)[-1] == name), (name, key)
+
+
+def test_a_minimal_config_gives_the_default_settings():
+    assert settings_for(minimal_config(), VARIANT) == TrainSettings("resnet50", "focal_tversky", "oversample")
+
+
+def test_every_setting_is_read_from_its_own_key():
+    config = minimal_config()
+    for name, key in CONFIG_KEYS.items():
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[last] = f"marker of {name}"
+    settings = settings_for(config, VARIANT, seed=7)
+    assert all(getattr(settings, name) == f"marker of {name}" for name in CONFIG_KEYS)
+    assert settings.seed == 7
+
+
+def test_a_backbones_overrides_win_over_the_train_section():
+    config = minimal_config()
+    config["train"]["overrides"] = {"resnet50": {"batch_size": 8}, "mobilenet_v3_large": {"batch_size": 16}}
+    assert settings_for(config, VARIANT).batch_size == 8
+    assert settings_for(config, "mobilenet_v3_large-cross_entropy-uniform").batch_size == 16
+
+
+def test_a_checkpoints_settings_reload_and_an_older_ones_missing_keys_take_the_schemas_default():
+    settings = settings_for(minimal_config(), VARIANT, seed=3)
+    assert TrainSettings(**dataclasses.asdict(settings)) == settings  # as evaluate and resume reload state["settings"]
+    older = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("precision", "bn_recalibration")}
+    reloaded = TrainSettings(**older)
+    assert (reloaded.precision, reloaded.bn_recalibration) == (schema_defaults()["train.precision"],
+                                                               schema_defaults()["model.bn_recalibration"])
