@@ -1,11 +1,15 @@
 """Defaults live in the schema: the settings, the command line and the library take them from there, so a
 default written a second time with another value fails here."""
 
+import argparse
 import dataclasses
+import json
 
+import pytest
 import yaml
 from conftest import REPO
 
+from cocoseg.cli import build_parser
 from cocoseg.config import validate_config
 from cocoseg.settings import CONFIG_KEYS, TrainSettings
 from cocoseg.variants import settings_for
@@ -86,3 +90,30 @@ def test_a_checkpoints_settings_reload_and_an_older_ones_missing_keys_take_the_s
     reloaded = TrainSettings(**older)
     assert (reloaded.precision, reloaded.bn_recalibration) == (schema_defaults()["train.precision"],
                                                                schema_defaults()["model.bn_recalibration"])
+
+
+# Each command-line option that stands for a config key, written here independently of cli.py. Not among them:
+# masks --num-shards (default 1, every mask: the workflow's masks.shards jobs write the same masks) and split
+# --fractions (split.train, split.val and split.test have no default: a config must give them).
+CLI_OPTIONS = {
+    ("synth", "--num-images"): "dataset.synthetic.num_images", ("synth", "--seed"): "dataset.synthetic.seed",
+    ("synth", "--size"): "dataset.synthetic.sizes",
+    ("download", "--retries"): "dataset.download.retries", ("download", "--timeout"): "dataset.download.timeout",
+    ("select", "--max-images"): "dataset.max_images", ("select", "--seed"): "dataset.seed",
+    ("select", "--crowd"): "dataset.crowd", ("masks", "--crowd"): "dataset.crowd", ("split", "--seed"): "split.seed",
+    ("evaluate", "--batch-size"): "evaluate.batch_size", ("evaluate", "--num-workers"): "train.num_workers",
+    ("evaluate", "--device"): "train.device", ("evaluate", "--engine"): "evaluate.engine",
+    ("predict", "--device"): "train.device",
+}
+
+
+def option(step: str, flag: str) -> argparse.Action:
+    steps = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return next(a for a in steps[step]._actions if flag in a.option_strings)
+
+
+@pytest.mark.parametrize("step, flag", list(CLI_OPTIONS))
+def test_every_command_line_option_of_a_config_key_defaults_to_the_schemas_default_and_says_so(step, flag):
+    key, action = CLI_OPTIONS[step, flag], option(step, flag)
+    assert json.loads(json.dumps(action.default)) == schema_defaults()[key]  # tuples as the YAML's lists
+    assert key in " ".join(action.help.split())  # --help names where the default comes from

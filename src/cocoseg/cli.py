@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cocoseg.logs import logged
 
@@ -19,6 +20,16 @@ def _size(text: str) -> tuple[int, int]:
 def _fraction(text: str) -> tuple[str, float]:
     name, _, value = text.partition("=")
     return name, float(value)
+
+
+def _config_default(key: str, text: str = "", shown: Callable[[Any], str] = str) -> dict[str, Any]:
+    """``default`` and ``help`` of an option that stands for config ``key``: the schema's default, as the
+    workflow uses it, named in --help."""
+    from cocoseg.config import schema_default
+
+    default = schema_default(key)
+    note = f"default: {shown(default)}, as the config's {key}"
+    return {"default": default, "help": f"{text} ({note})" if text else note}
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -211,16 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = step("synth", cmd_synth, "write a synthetic COCO-format dataset (images zip, annotations zip)")
     sub.add_argument("--images-zip", required=True)
     sub.add_argument("--annotations-zip", required=True)
-    sub.add_argument("--num-images", type=int, default=300)
-    sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--size", type=_size, nargs="+", default=[(160, 120), (128, 128)], metavar="WxH")
+    sub.add_argument("--num-images", type=int, **_config_default("dataset.synthetic.num_images"))
+    sub.add_argument("--seed", type=int, **_config_default("dataset.synthetic.seed"))
+    sub.add_argument("--size", type=_size, nargs="+", metavar="WxH", **_config_default(
+        "dataset.synthetic.sizes", "image sizes, drawn at random per image",
+        lambda sizes: " ".join(f"{width}x{height}" for width, height in sizes)))
 
     sub = step("download", cmd_download, "download a URL (http, https, file) with resume and verification")
     sub.add_argument("url")
     sub.add_argument("dest")
     sub.add_argument("--sha256")
-    sub.add_argument("--retries", type=int, default=5)
-    sub.add_argument("--timeout", type=float, default=60.0)
+    sub.add_argument("--retries", type=int, **_config_default("dataset.download.retries"))
+    sub.add_argument("--timeout", type=float, **_config_default("dataset.download.timeout",
+                                                                "seconds without data before an attempt is retried"))
 
     sub = step("extract", cmd_extract, "extract one member (--member) or the candidate images of the classes")
     sub.add_argument("archive")
@@ -236,18 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--images-dir", required=True)
     sub.add_argument("--classes", nargs="+", required=True)
     sub.add_argument("--out-dir", required=True)
-    sub.add_argument("--max-images", type=int)
-    sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--crowd", choices=["ignore", "label", "background"], default="ignore")
+    sub.add_argument("--max-images", type=int, **_config_default("dataset.max_images", "a seeded sample of this many",
+                                                                 lambda _: "all usable candidates"))
+    sub.add_argument("--seed", type=int, **_config_default("dataset.seed"))
+    sub.add_argument("--crowd", choices=["ignore", "label", "background"], **_config_default("dataset.crowd"))
     sub.add_argument("--threads", type=int, default=1)
 
     sub = step("masks", cmd_masks, "write the label masks of one shard and their pixel counts")
     sub.add_argument("--instances", required=True)
     sub.add_argument("--masks-dir", required=True)
     sub.add_argument("--counts", required=True)
-    sub.add_argument("--crowd", choices=["ignore", "label", "background"], default="ignore")
+    sub.add_argument("--crowd", choices=["ignore", "label", "background"], **_config_default("dataset.crowd"))
     sub.add_argument("--shard", type=int, default=0)
-    sub.add_argument("--num-shards", type=int, default=1)
+    sub.add_argument("--num-shards", type=int, default=1, help="default: 1, every mask (the workflow shares them "
+                     "among masks.shards jobs, which write the same masks)")
 
     sub = step("split", cmd_split, "stratified seeded split; write manifest.csv and splits.csv")
     sub.add_argument("--selected", required=True)
@@ -256,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--manifest", required=True)
     sub.add_argument("--splits", required=True)
     sub.add_argument("--fractions", type=_fraction, nargs=3, default=[("train", 0.8), ("val", 0.1), ("test", 0.1)],
-                     metavar="NAME=FRACTION")
-    sub.add_argument("--seed", type=int, default=0)
+                     metavar="NAME=FRACTION", help="default: train=0.8 val=0.1 test=0.1 (the config has none: "
+                     "split.train, split.val and split.test are required there)")
+    sub.add_argument("--seed", type=int, **_config_default("split.seed"))
     sub.add_argument("--images-dir")
 
     sub = step("stats", cmd_stats, "class distribution tables and histograms")
@@ -288,13 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoint", required=True)
     sub.add_argument("--manifest", required=True, help="results/<run>/data/manifest.csv")
     sub.add_argument("--out-dir", required=True)
-    sub.add_argument("--batch-size", type=int, default=8)
-    sub.add_argument("--num-workers", type=int, default=0)
+    sub.add_argument("--batch-size", type=int, **_config_default("evaluate.batch_size"))
+    sub.add_argument("--num-workers", type=int, **_config_default("train.num_workers"))
     sub.add_argument("--threads", type=int, help="intra-op threads (default: torch's, one per core)")
-    sub.add_argument("--device", default="auto")
+    sub.add_argument("--device", **_config_default("train.device"))
     sub.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the checkpoint's train.precision")
-    sub.add_argument("--engine", choices=["pytorch", "onnxruntime", "openvino"], default="pytorch",
-                     help="what runs the network (onnxruntime, openvino: the checkpoint exported to ONNX, on the CPU)")
+    sub.add_argument("--engine", choices=["pytorch", "onnxruntime", "openvino"], **_config_default(
+        "evaluate.engine", "what runs the network; onnxruntime, openvino: the checkpoint exported to ONNX, on the CPU"))
 
     sub = step("compare", cmd_compare, "intervals, paired comparisons and a power report of every evaluated variant "
                "with evaluate.reference: tables/comparison.{csv,html}, comparison_per_class.csv, figures/forest.png")
@@ -327,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--checkpoint", help="a trained best.pt")
     network.add_argument("--model", help="an exported model.onnx (its model.json beside it); ONNX Runtime, fp32")
     sub.add_argument("--out-dir", required=True)
-    sub.add_argument("--device", default="auto")
+    sub.add_argument("--device", **_config_default("train.device"))
     sub.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="default: the checkpoint's train.precision")
     sub.add_argument("--threads", type=int, help="intra-op threads (default: torch's, one per core)")
     sub.add_argument("images", nargs="+")
