@@ -35,7 +35,7 @@ CPU = torch.device("cpu")
 
 def calibrated_model(backbone: str, size: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model(backbone, NUM_CLASSES)
+    model = build_model(backbone, NUM_CLASSES, "none")
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # a cumulative average: the statistics of the batches below

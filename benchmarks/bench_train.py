@@ -119,7 +119,7 @@ def repeat(batches: Callable[[int], Iterator[Any]], count: int) -> Iterator[Any]
 
 
 def project_model(backbone: str, device: torch.device, compile_model: bool) -> tuple[torch.nn.Module, Any]:
-    model = to_channels_last(build_model(backbone, NUM_CLASSES).to(device))
+    model = to_channels_last(build_model(backbone, NUM_CLASSES, "none").to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     return (torch.compile(model) if compile_model else model), optimizer
 
@@ -216,7 +216,7 @@ class StudyDataset(Dataset):
 
 def bench_study(backbone: str, rows: pd.DataFrame, run_dir: Path, args: argparse.Namespace,
                 device: torch.device) -> dict[str, Any]:
-    model = build_model(backbone, NUM_CLASSES).to(device)
+    model = build_model(backbone, NUM_CLASSES, "none").to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = build_loss("cross_entropy").to(device)
     batch = 4

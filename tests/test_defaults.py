@@ -3,6 +3,7 @@ default written a second time with another value fails here."""
 
 import argparse
 import dataclasses
+import inspect
 import json
 
 import pytest
@@ -11,6 +12,16 @@ from conftest import REPO
 
 from cocoseg.cli import build_parser
 from cocoseg.config import validate_config
+from cocoseg.data.download import download
+from cocoseg.data.masks import build_masks, render_mask
+from cocoseg.data.select import select_images
+from cocoseg.data.split import split_manifest
+from cocoseg.data.synth import generate
+from cocoseg.deployment import deployment_table, export_verified, verify, write_deployment
+from cocoseg.evaluate import evaluate
+from cocoseg.losses import FocalTversky, build_loss, class_weights
+from cocoseg.models import build_model
+from cocoseg.predict import predict
 from cocoseg.settings import CONFIG_KEYS, TrainSettings
 from cocoseg.variants import settings_for
 
@@ -117,3 +128,39 @@ def test_every_command_line_option_of_a_config_key_defaults_to_the_schemas_defau
     key, action = CLI_OPTIONS[step, flag], option(step, flag)
     assert json.loads(json.dumps(action.default)) == schema_defaults()[key]  # tuples as the YAML's lists
     assert key in " ".join(action.help.split())  # --help names where the default comes from
+
+
+FOCAL_TVERSKY = {name: f"loss.focal_tversky.{name}" for name in ("alpha", "beta", "gamma", "smooth")}
+# Each library parameter that stands for a config key (the workflow passes the key's value), written here
+# independently of the library. Those defaulting to None (max_images, bn_momentum) are among them: null there.
+LIBRARY_PARAMETERS = {
+    download: {"retries": "dataset.download.retries", "timeout": "dataset.download.timeout"},
+    render_mask: {"crowd": "dataset.crowd"}, build_masks: {"crowd": "dataset.crowd"},
+    select_images: {"max_images": "dataset.max_images", "seed": "dataset.seed", "crowd": "dataset.crowd"},
+    split_manifest: {"seed": "split.seed"},
+    generate: {"num_images": "dataset.synthetic.num_images", "seed": "dataset.synthetic.seed",
+               "sizes": "dataset.synthetic.sizes"},
+    evaluate: {"num_workers": "train.num_workers", "batch_size": "evaluate.batch_size", "device_name": "train.device",
+               "engine": "evaluate.engine"},
+    predict: {"device_name": "train.device"},
+    verify: {"batch_size": "export.batch_size", "logit_tolerance": "export.logit_tolerance",
+             "miou_tolerance": "export.miou_tolerance"},
+    export_verified: {"batch_size": "export.batch_size", "logit_tolerance": "export.logit_tolerance",
+                      "miou_tolerance": "export.miou_tolerance"},
+    deployment_table: {"batch_size": "export.batch_size", "seconds": "export.timing_seconds"},
+    write_deployment: {"batch_size": "export.batch_size", "seconds": "export.timing_seconds"},
+    class_weights: {"scheme": "loss.class_weights"}, build_loss: FOCAL_TVERSKY, FocalTversky: FOCAL_TVERSKY,
+    build_model: {"aux_loss": "model.aux_loss", "bn_momentum": "model.bn_momentum"},
+}
+
+
+@pytest.mark.parametrize("function", list(LIBRARY_PARAMETERS), ids=lambda function: function.__name__)
+def test_every_library_parameter_of_a_config_key_defaults_to_the_schemas_default(function):
+    parameters = inspect.signature(function).parameters
+    for name, key in LIBRARY_PARAMETERS[function].items():
+        assert json.loads(json.dumps(parameters[name].default)) == schema_defaults()[key], (name, key)
+
+
+def test_a_model_is_built_with_imagenet_weights_only_when_asked():
+    """The config's default, imagenet, may download: build_model has none, so a caller says which it wants."""
+    assert inspect.signature(build_model).parameters["weights_backbone"].default is inspect.Parameter.empty

@@ -26,7 +26,7 @@ needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(),
 def model_with_statistics(backbone: str, images: torch.Tensor) -> torch.nn.Module:
     """A random-weight model whose batch-norm running statistics are those of ``images`` (as after training)."""
     torch.manual_seed(0)
-    model = build_model(backbone, NUM_CLASSES, bn_momentum=None)
+    model = build_model(backbone, NUM_CLASSES, "none", bn_momentum=None)
     model.train()
     with torch.no_grad():
         model(images)

@@ -51,7 +51,7 @@ def make_checkpoint(path, seed=0, backbone="mobilenet_v3_large"):
     about 10 and several classes an image, so that paths that disagreed would show it."""
     torch.manual_seed(seed)
     settings = TrainSettings(backbone=backbone, loss="cross_entropy", sampling="uniform", image_size=SIZE, seed=seed)
-    model = build_model(backbone, len(CLASSES) + 1)
+    model = build_model(backbone, len(CLASSES) + 1, "none")
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # a cumulative average: one batch sets the statistics
@@ -107,8 +107,8 @@ def test_verification_bounds_logits_and_miou_against_pytorch(exported, run_dir, 
     assert check["logit_limit"] == 1e-3 * max(1.0, check["max_abs_logit"])
     assert check["max_logit_difference"] < 1e-4  # what fp32 against fp32 gives, well inside the bound
     # PyTorch's side, by the project's own evaluate in fp32 (its own loader and batches): the same test mIoU
-    report = evaluate(checkpoint, run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval", batch_size=3,
-                      precision="fp32")
+    report = evaluate(checkpoint, run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval", num_workers=0,
+                      batch_size=3, precision="fp32")
     assert abs(report["test"]["miou"] - check["test_miou_pytorch_fp32"]) < 1e-9
     assert abs(report["test"]["miou"] - check["test_miou"]) <= 1e-3
 
@@ -332,8 +332,10 @@ def test_evaluate_on_another_engine_matches_the_pytorch_reference(exported, run_
         return forward(self, images)
 
     monkeypatch.setattr(runtime, "forward", recording)
-    reference = evaluate(checkpoint, manifest, run_dir, tmp_path / "pytorch", batch_size=4, precision="fp32")
-    report = evaluate(checkpoint, manifest, run_dir, tmp_path / engine, batch_size=4, threads=2, engine=engine)
+    reference = evaluate(checkpoint, manifest, run_dir, tmp_path / "pytorch", num_workers=0, batch_size=4,
+                         precision="fp32")
+    report = evaluate(checkpoint, manifest, run_dir, tmp_path / engine, num_workers=0, batch_size=4, threads=2,
+                      engine=engine)
     assert (report["engine"], report["device"], reference["engine"]) == (engine, "cpu", "pytorch")
     assert report["engine_fallback"] is None and len(contiguous) > 2 and all(contiguous)  # NCHW, never channels_last
     # fp32 against fp32 is bounded as the export's verification bounds it; OpenVINO's bf16 rounds like PyTorch's
@@ -353,8 +355,8 @@ def test_an_engine_whose_logits_differ_from_pytorch_stops_evaluation(exported, r
     with pytest.raises(VerificationFailed, match=r"evaluate.engine onnxruntime \(fp32\): max logit difference "
                                                  r"from PyTorch fp32 is [0-9.e+-]+ on the first \d+ evaluation images, "
                                                  r"above the tolerance 0.001 .*; set evaluate.engine to pytorch"):
-        evaluate(checkpoint, run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval", batch_size=4, threads=2,
-                 engine="onnxruntime")
+        evaluate(checkpoint, run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval", num_workers=0,
+                 batch_size=4, threads=2, engine="onnxruntime")
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
@@ -367,8 +369,8 @@ def test_an_engine_that_cannot_run_here_falls_back_to_pytorch(exported, run_dir,
         raise RuntimeError(f"{engine} cannot run on this CPU")
 
     monkeypatch.setattr(OnnxRuntimeModel if engine == "onnxruntime" else OpenVinoModel, where, fails)
-    report = evaluate(checkpoint, run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval", batch_size=4,
-                      threads=2, precision="fp32", engine=engine)
+    report = evaluate(checkpoint, run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval", num_workers=0,
+                      batch_size=4, threads=2, precision="fp32", engine=engine)
     expected = {"engine": "pytorch", "engine_requested": engine,
                 "engine_fallback": f"{engine}: RuntimeError: {engine} cannot run on this CPU", "precision": "fp32"}
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -36,7 +36,7 @@ def run_training(run_dir, out, train_settings, **kwargs):
 def evaluate_and_predict(run_dir, model_dir, tmp_path) -> dict:
     """Evaluate the run's best.pt on the test split and predict two test images with it."""
     metrics = evaluate(model_dir / "best.pt", run_dir / "data" / "manifest.csv", run_dir, model_dir / "evaluation",
-                       batch_size=4, threads=2, device_name="cpu")
+                       num_workers=0, batch_size=4, threads=2, device_name="cpu")
     manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
     images = manifest.loc[manifest["split"] == "test", "image_path"].head(2).tolist()
     written = predict(model_dir / "best.pt", images, tmp_path / "predictions", device_name="cpu", threads=2)

@@ -316,7 +316,8 @@ def test_nan_loss_stops_with_epoch_and_step(run_dir, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_evaluate_and_predict_from_the_checkpoint(run_dir, tmp_path, synthetic):
     run_training(run_dir, tmp_path / "model", settings=settings(epochs=1))
-    report = evaluate(tmp_path / "model" / "best.pt", run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval")
+    report = evaluate(tmp_path / "model" / "best.pt", run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval",
+                      num_workers=0)
     assert report["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # the checkpoint's auto, resolved
     assert report["memory_format"] == "channels_last"
     manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
@@ -438,7 +439,8 @@ def test_two_processes_match_one_within_the_stated_tolerance(run_dir, tmp_path):
     distance = sum(float((wa[n] - wb[n]).norm() ** 2) for n in floats) ** 0.5
     size = sum(float(wa[n].norm() ** 2) for n in floats) ** 0.5
     torch.manual_seed(common.seed)
-    start = build_model(common.backbone, len(CLASSES) + 1, bn_momentum=common.bn_momentum).state_dict()
+    start = build_model(common.backbone, len(CLASSES) + 1, common.weights_backbone,
+                        bn_momentum=common.bn_momentum).state_dict()
     moved = sum(float((wa[n] - start[n]).norm() ** 2) for n in floats) ** 0.5
     assert distance / size < 0.12
     assert distance < 0.5 * moved  # training moved the weights further than the two runs differ

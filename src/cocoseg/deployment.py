@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cocoseg.config import schema_default
 from cocoseg.data.split import split_rows
 from cocoseg.datasets import eval_transform, read_rgb
 from cocoseg.device import autocast, precision_name, resolve_precision, to_channels_last, use_threads
@@ -44,9 +45,6 @@ from cocoseg.settings import TrainSettings
 log = logging.getLogger(__name__)
 
 CPU = torch.device("cpu")
-
-
-LOGIT_TOLERANCE = 1e-3
 
 
 class VerificationFailed(RuntimeError):
@@ -100,8 +98,9 @@ def split_miou(model: torch.nn.Module, loader: Any, num_classes: int, precision:
 
 
 def verify(onnx_path: str | Path, model: torch.nn.Module, state: dict[str, Any], manifest: str | Path,
-           run_dir: str | Path, batch_size: int = 8, threads: int | None = None,
-           logit_tolerance: float = LOGIT_TOLERANCE, miou_tolerance: float = 1e-3,
+           run_dir: str | Path, batch_size: int = schema_default("export.batch_size"), threads: int | None = None,
+           logit_tolerance: float = schema_default("export.logit_tolerance"),
+           miou_tolerance: float = schema_default("export.miou_tolerance"),
            reported: dict[str, Any] | None = None) -> dict[str, Any]:
     """ONNX Runtime against PyTorch fp32 on the test split (see the module's text); ``reported`` is the run's
     ``evaluation/metrics.json``, whose test mIoU (in the precision evaluate ran in) is set beside them."""
@@ -226,7 +225,7 @@ def deployment_table(onnx_path: str | Path, checkpoint: str | Path, manifest: st
     """One row per runtime: throughput, latency, parameters, FLOPs, test mIoU (see the module's text)."""
     use_threads(threads)
     reference, state = fp32_model(checkpoint)
-    dtype = resolve_precision(state["settings"].get("precision", "auto"), CPU)
+    dtype = resolve_precision(TrainSettings(**state["settings"]).precision, CPU)
     size, num_classes = state["settings"]["image_size"], len(state["classes"]) + 1
     rows, loader = split_loader(manifest, run_dir, state, batch_size)
     images = timing_images(rows, size, batch_size)
@@ -295,8 +294,9 @@ def chosen_checkpoint(metrics_paths: list[str | Path]) -> Path:
 
 
 def export_verified(checkpoint: str | Path, onnx_path: str | Path, run: str, manifest: str | Path,
-                    run_dir: str | Path, batch_size: int = 8, threads: int | None = None,
-                    logit_tolerance: float = LOGIT_TOLERANCE, miou_tolerance: float = 1e-3) -> dict[str, Any]:
+                    run_dir: str | Path, batch_size: int = schema_default("export.batch_size"),
+                    threads: int | None = None, logit_tolerance: float = schema_default("export.logit_tolerance"),
+                    miou_tolerance: float = schema_default("export.miou_tolerance")) -> dict[str, Any]:
     """``checkpoint`` as ONNX with its sidecar, published only once ``verify`` passes on the test split."""
 
     def check(path: Path, model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from cocoseg.checkpoint import load_checkpoint
+from cocoseg.config import schema_default
 from cocoseg.data.masks import palette, save_mask
 from cocoseg.data.split import split_rows
 from cocoseg.datasets import SegmentationDataset, collate_eval, eval_transform
@@ -182,12 +183,12 @@ def evaluate(
     manifest_path: str | Path,
     run_dir: str | Path,
     out_dir: str | Path,
-    num_workers: int = 0,
-    batch_size: int = 8,
+    num_workers: int = schema_default("train.num_workers"),
+    batch_size: int = schema_default("evaluate.batch_size"),
     threads: int | None = None,
-    device_name: str = "auto",
+    device_name: str = schema_default("train.device"),
     precision: str | None = None,
-    engine: str = "pytorch",
+    engine: str = schema_default("evaluate.engine"),
 ) -> dict[str, Any]:
     """Write metrics.json, confusion.csv (test), per_image.csv, per_image_confusion.npz and predictions/.
 
@@ -221,7 +222,7 @@ def evaluate(
         if isinstance(loaded, str):
             device = select_device(device_name)
             model, state = load_model(checkpoint_path, device)
-            dtype = resolve_precision(precision or state["settings"].get("precision", "auto"), device)
+            dtype = resolve_precision(precision or TrainSettings(**state["settings"]).precision, device)
             how = {"device": str(device), "precision": precision_name(dtype), "memory_format": MEMORY_FORMAT}
         else:
             device, dtype = torch.device("cpu"), None

@@ -8,12 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cocoseg.coco import IGNORE_LABEL
+from cocoseg.config import schema_default
 
 LOSSES = ("cross_entropy", "weighted_cross_entropy", "focal_tversky")
 WEIGHT_SCHEMES = ("inverse_sqrt", "median_frequency", "inverse")
+FOCAL_TVERSKY = schema_default("loss.focal_tversky")  # alpha, beta, gamma, smooth
 
 
-def class_weights(image_pixels: np.ndarray, scheme: str = "inverse_sqrt") -> np.ndarray:
+def class_weights(image_pixels: np.ndarray, scheme: str = schema_default("loss.class_weights")) -> np.ndarray:
     """Per-class weights from the train split's pixel counts, scaled to a pixel-weighted mean of 1.
 
     ``image_pixels`` is images x classes (background first): each image's labelled pixels of each
@@ -63,7 +65,8 @@ class FocalTversky(nn.Module):
     their gamma = 4/3; below 1 it focuses on the poorly segmented classes.
     """
 
-    def __init__(self, alpha: float = 0.3, beta: float = 0.7, gamma: float = 0.75, smooth: float = 1.0) -> None:
+    def __init__(self, alpha: float = FOCAL_TVERSKY["alpha"], beta: float = FOCAL_TVERSKY["beta"],
+                 gamma: float = FOCAL_TVERSKY["gamma"], smooth: float = FOCAL_TVERSKY["smooth"]) -> None:
         super().__init__()
         self.alpha, self.beta, self.gamma, self.smooth = alpha, beta, gamma, smooth
 
@@ -81,8 +84,9 @@ class FocalTversky(nn.Module):
         return (1 - tversky).clamp(min=0).pow(self.gamma).mean()
 
 
-def build_loss(name: str, weights: torch.Tensor | None = None, alpha: float = 0.3, beta: float = 0.7,
-               gamma: float = 0.75, smooth: float = 1.0) -> nn.Module:
+def build_loss(name: str, weights: torch.Tensor | None = None, alpha: float = FOCAL_TVERSKY["alpha"],
+               beta: float = FOCAL_TVERSKY["beta"], gamma: float = FOCAL_TVERSKY["gamma"],
+               smooth: float = FOCAL_TVERSKY["smooth"]) -> nn.Module:
     if name == "cross_entropy":
         return CrossEntropy()
     if name == "weighted_cross_entropy":

@@ -9,6 +9,8 @@ from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
 
+from cocoseg.config import schema_default
+
 # backbone name -> (constructor, ImageNet backbone weights)
 BACKBONES: dict[str, tuple[Callable[..., nn.Module], object]] = {
     "mobilenet_v3_large": (deeplabv3_mobilenet_v3_large, MobileNet_V3_Large_Weights.IMAGENET1K_V1),
@@ -16,12 +18,13 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], object]] = {
 }
 
 
-def build_model(backbone: str, num_classes: int, weights_backbone: str = "none", aux_loss: bool = False,
-                bn_momentum: float | None = None) -> nn.Module:
+def build_model(backbone: str, num_classes: int, weights_backbone: str,
+                aux_loss: bool = schema_default("model.aux_loss"), bn_momentum: float | None = None) -> nn.Module:
     """DeepLabV3 with ``num_classes`` outputs (background included).
 
     ``weights_backbone="imagenet"`` loads torchvision's ImageNet weights for the backbone from
-    ``$TORCH_HOME/hub/checkpoints`` (downloading them there when missing and online).
+    ``$TORCH_HOME/hub/checkpoints`` (downloading them there when missing and online); ``"none"`` (what a model
+    that will load a checkpoint wants) starts at random. No default: the config's, imagenet, may download.
     ``bn_momentum`` overrides the batch-norm momentum: torchvision's MobileNetV3 uses 0.01, made
     for long ImageNet runs, whose running statistics lag far behind a short run from scratch.
     """

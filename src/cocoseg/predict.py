@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from cocoseg.config import schema_default
 from cocoseg.data.masks import palette, save_mask
 from cocoseg.datasets import IMAGENET_MEAN, IMAGENET_STD, eval_transform, read_rgb
 from cocoseg.device import autocast, precision_name, resolve_precision, select_device, to_channels_last, use_threads
 from cocoseg.evaluate import load_model
 from cocoseg.export import checked_checkpoint
 from cocoseg.io import atomic_path
+from cocoseg.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class Predictor:
 def checkpoint_predictor(checkpoint: str | Path, device_name: str, precision: str | None) -> Predictor:
     device = select_device(device_name)
     model, state = load_model(checked_checkpoint(checkpoint), device)
-    dtype = resolve_precision(precision or state["settings"].get("precision", "auto"), device)
+    dtype = resolve_precision(precision or TrainSettings(**state["settings"]).precision, device)
     log.info("predicting with %s on %s in %s", checkpoint, device, precision_name(dtype))
     return Predictor(model, device, dtype, state["settings"]["image_size"], state["classes"])
 
@@ -85,8 +87,9 @@ def onnx_predictor(model_path: str | Path, threads: int | None) -> Predictor:
 
 
 @torch.inference_mode()
-def predict(checkpoint: str | Path | None, images: list[str | Path], out_dir: str | Path, device_name: str = "auto",
-            precision: str | None = None, threads: int | None = None, model: str | Path | None = None) -> list[Path]:
+def predict(checkpoint: str | Path | None, images: list[str | Path], out_dir: str | Path,
+            device_name: str = schema_default("train.device"), precision: str | None = None,
+            threads: int | None = None, model: str | Path | None = None) -> list[Path]:
     """Write ``<stem>.png`` (label mask: 0 background, 1..K classes) and ``<stem>_overlay.jpg`` per image.
 
     The network is the ``checkpoint``'s (``precision``: auto, bf16, fp32, default its ``train.precision``)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cocoseg.config import schema_default
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -112,9 +114,9 @@ def download(
     url: str,
     dest: str | Path,
     sha256: str | None = None,
-    retries: int = 5,
+    retries: int = schema_default("dataset.download.retries"),
     backoff: float = 2.0,
-    timeout: float = 60.0,
+    timeout: float = schema_default("dataset.download.timeout"),
 ) -> Path:
     """Download ``url`` to ``dest``, resuming and retrying; verify size and optional sha256."""
     dest = Path(dest)

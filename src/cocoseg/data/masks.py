@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from cocoseg.coco import CROWD_POLICIES, IGNORE_LABEL, segmentation_rle
+from cocoseg.config import schema_default
 from cocoseg.io import atomic_path, publish_folder, work_folder, write_csv
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def palette(num_classes: int) -> list[int]:
 
 
 def render_mask(
-    annotations: list[dict[str, Any]], labels: dict[int, int], height: int, width: int, crowd: str = "ignore"
+    annotations: list[dict[str, Any]], labels: dict[int, int], height: int, width: int,
+    crowd: str = schema_default("dataset.crowd"),
 ) -> np.ndarray:
     """The label mask of one image from its target-class annotations."""
     if crowd not in CROWD_POLICIES:
@@ -85,7 +87,7 @@ def build_masks(
     instances_path: str | Path,
     masks_dir: str | Path,
     counts_path: str | Path,
-    crowd: str = "ignore",
+    crowd: str = schema_default("dataset.crowd"),
     shard: int = 0,
     num_shards: int = 1,
 ) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cocoseg.coco import CocoIndex, SegmentationError, load_index, segmentation_rle
+from cocoseg.config import schema_default
 from cocoseg.io import atomic_path, write_csv
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ def select_images(
     classes: list[str],
     out_dir: str | Path,
     max_images: int | None = None,
-    seed: int = 0,
-    crowd: str = "ignore",
+    seed: int = schema_default("dataset.seed"),
+    crowd: str = schema_default("dataset.crowd"),
     threads: int = 1,
 ) -> pd.DataFrame:
     """Write ``selected.csv``, ``rejected.csv`` and ``instances.json`` under ``out_dir``."""

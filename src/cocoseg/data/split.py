@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cocoseg.config import schema_default
 from cocoseg.io import write_csv
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def split_manifest(
     manifest_path: str | Path,
     splits_path: str | Path,
     fractions: dict[str, float],
-    seed: int = 0,
+    seed: int = schema_default("split.seed"),
     images_dir: str | Path | None = None,
     mask_dirs: list[str] | None = None,
 ) -> pd.DataFrame:

@@ -27,13 +27,14 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from cocoseg.categories import COCO_CATEGORIES
+from cocoseg.config import schema_default
 from cocoseg.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 IMAGES_MEMBER_DIR = "val2014"
 ANNOTATIONS_MEMBER = "annotations/instances_val2014.json"
-DEFAULT_SIZES = ((160, 120), (128, 128), (120, 160), (144, 112))
+DEFAULT_SIZES = tuple(tuple(size) for size in schema_default("dataset.synthetic.sizes"))  # (width, height)
 CATEGORY_IDS = {name: cid for cid, name, _ in COCO_CATEGORIES}
 
 Polygon = list[float]
@@ -212,8 +213,8 @@ def unpack(images_zip: str | Path, annotations_zip: str | Path, dest: str | Path
 def generate(
     images_zip: str | Path,
     annotations_zip: str | Path,
-    num_images: int = 300,
-    seed: int = 0,
+    num_images: int = schema_default("dataset.synthetic.num_images"),
+    seed: int = schema_default("dataset.synthetic.seed"),
     sizes: tuple[tuple[int, int], ...] | list[list[int]] = DEFAULT_SIZES,
 ) -> dict[str, int]:
     """Write the synthetic images and annotations zips; return counts of what was made."""
