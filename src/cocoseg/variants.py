@@ -18,7 +18,7 @@ from cocoseg.settings import CONFIG_KEYS, UNTRACKED_SETTINGS, TrainSettings
 def expand_variants(config: dict[str, Any]) -> list[str]:
     """Names like ``mobilenet_v3_large-focal_tversky-oversample``: the explicit list, else the product."""
     grid = config["grid"]
-    if grid.get("variants"):
+    if grid["variants"]:
         return list(grid["variants"])
     return ["-".join(parts) for parts in itertools.product(grid["backbones"], grid["losses"], grid["samplings"])]
 
@@ -42,7 +42,7 @@ def parse_variant(name: str) -> tuple[str, str, str]:
 def settings_for(config: dict[str, Any], variant: str, seed: int | None = None) -> TrainSettings:
     """The run's settings, each from its config key (``CONFIG_KEYS``); ``seed`` defaults to the grid's first."""
     backbone, loss, sampling = parse_variant(variant)
-    train = {**config["train"], **config["train"].get("overrides", {}).get(backbone, {})}
+    train = {**config["train"], **config["train"]["overrides"].get(backbone, {})}
     chosen = {**config, "train": train}
     return TrainSettings(backbone=backbone, loss=loss, sampling=sampling,
                          seed=grid_seeds(config)[0] if seed is None else int(seed),
