@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -76,6 +77,45 @@ def run_dir(synthetic: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
     split_manifest(data / "selected.csv", [data / "counts.csv"], CLASSES, data / "manifest.csv", data / "splits.csv",
                    {"train": 0.6, "val": 0.2, "test": 0.2}, images_dir=synthetic.images_dir)
     return run
+
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def snakemake(*args: str, cwd: Path = REPO, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def planned_jobs(out: str) -> dict[str, int]:
+    """The dry run's (first) job stats table: rule name -> count, ``total`` included."""
+    lines = out.split("Job stats:", 1)[1].splitlines()
+    jobs = {}
+    for row in (line.split() for line in lines[3:]):
+        if len(row) != 2 or not row[1].isdigit():
+            break
+        jobs[row[0]] = int(row[1])
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def data_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`snakemake data` of a tiny synthetic study (80 images, 3 mask shards), its config <root>/tiny.yaml: the data
+    stage that test_workflow.py checks and test_study_run.py and the two-rank run start from."""
+    root = tmp_path_factory.mktemp("workflow")
+    config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    config["run"] = "tiny"
+    config["dataset"].update(name="synthetic-tiny", max_images=80)
+    config["dataset"]["synthetic"].update(num_images=100, seed=3)
+    config["masks"]["shards"] = 3
+    config["train"].update(image_size=96, epochs=6, overrides={"resnet50": {"image_size": 32, "epochs": 1}})
+    config["wandb"]["mode"] = "disabled"
+    config["export"] = {"timing_seconds": 0.3, "batch_size": 4}  # the deployment table: a smoke test here
+    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
+    snakemake("data", "--cores", "2", "--directory", str(root), "--configfile", str(root / "tiny.yaml"))
+    return root
 
 
 class _Named(list):

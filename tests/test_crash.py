@@ -144,10 +144,10 @@ def model_dir(root: Path) -> Path:
     return found[0]
 
 
-def first_epoch_done(root: Path) -> Callable[[], bool]:
-    """The training log reports epoch 1: its checkpoint and everything else of that epoch are written."""
+def epoch_done(root: Path, epoch: int) -> Callable[[], bool]:
+    """The training log reports ``epoch``: its checkpoint and everything else of that epoch are written."""
     logs = run_dir(root) / "logs"
-    return lambda: any(" epoch 1: " in path.read_text() for path in logs.glob("train_*.log"))
+    return lambda: any(f" epoch {epoch}: " in path.read_text() for path in logs.glob("train_*.log"))
 
 
 def metrics(root: Path) -> pd.DataFrame:
@@ -201,10 +201,22 @@ def with_reference_data(reference: Path, root: Path) -> list[str]:
     return args
 
 
-def test_killed_training_job_resumes_when_the_same_command_is_typed_again(reference, tmp_path):
+def test_a_killed_job_then_a_power_loss_each_resume_with_what_the_readme_says(reference, tmp_path):
+    """The training job's own process SIGKILLed after epoch 1 (an out-of-memory killer, a failed node): the same
+    command resumes it. That run's whole Snakemake process group SIGKILLed after epoch 2 (a power loss): --unlock
+    with the same arguments, then the same command, resumes again. The result is the uninterrupted run's."""
     args = with_reference_data(reference, tmp_path)
-    interrupted(args, tmp_path / "killed.log", first_epoch_done(tmp_path), script="train")
+    interrupted(args, tmp_path / "killed.log", epoch_done(tmp_path, 1), script="train")
     assert_cut_short(tmp_path)
+    interrupted(args, tmp_path / "power_loss.log", epoch_done(tmp_path, 2))  # kill -9 of the process group
+    assert_cut_short(tmp_path)
+    train_log = "".join(path.read_text() for path in (run_dir(tmp_path) / "logs").glob("train_*.log"))
+    assert re.search(r"resuming .*: epoch 2, step 0", train_log), train_log  # from the first kill's last.pt
+    # Snakemake marked the training's declared outputs incomplete when it started the job: none may exist.
+    assert not any((model_dir(tmp_path) / name).exists() for name in ("best.pt", "metrics.csv", "training.json"))
+    locked = snakemake(args, check=False)
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    snakemake([*args, "--unlock"])
     snakemake(args)
     assert_resumed(tmp_path, reference)
 
@@ -231,17 +243,3 @@ def test_killed_mask_shards_and_cache_build_are_redone_exactly(reference, tmp_pa
     assert files(data) == files(reference_data)  # manifest.csv, splits.csv, selected.csv, instances.json ...
     assert files(cache_dir) == files(run_dir(reference) / "cache" / "32px")
     pd.testing.assert_frame_equal(metrics(tmp_path), metrics(reference))
-
-
-def test_after_a_power_loss_unlock_then_the_same_command_resumes(reference, tmp_path):
-    args = with_reference_data(reference, tmp_path)
-    interrupted(args, tmp_path / "power_loss.log", first_epoch_done(tmp_path))  # kill -9 of the process group
-    # Snakemake marked the training's declared outputs incomplete when it started the job: none may exist.
-    assert_cut_short(tmp_path)
-    assert not any((model_dir(tmp_path) / name).exists() for name in ("best.pt", "metrics.csv", "training.json"))
-    locked = snakemake(args, check=False)
-    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
-    # What the README says: --unlock with the same arguments, then the same command.
-    snakemake([*args, "--unlock"])
-    snakemake(args)
-    assert_resumed(tmp_path, reference)
