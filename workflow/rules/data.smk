@@ -140,7 +140,7 @@ rule split:
     params:
         classes=CLASSES,
         mask_dirs=[RUN.mask_folder(shard) for shard in MASK_SHARDS],
-        fractions=lambda wildcards: {name: config["split"][name] for name in ("train", "val", "test")},
+        fractions={name: lookup(dpath=f"split/{name}", within=config) for name in ("train", "val", "test")},
         seed=lookup(dpath="split/seed", within=config),
         images_dir=images_dir(),
     log:

@@ -12,7 +12,7 @@ rule export:
         model=RUN.onnx_model,
         sidecar=RUN.sidecar,
     params:
-        run=config["run"],
+        run=lookup(dpath="run", within=config),
         run_dir=RUN.root,
         logit_tolerance=lookup(dpath="export/logit_tolerance", within=config),
         miou_tolerance=lookup(dpath="export/miou_tolerance", within=config),

@@ -18,7 +18,7 @@ rule evaluate:
     threads: lookup(dpath="train/threads", within=config)
     resources:
         # Evaluation runs in one process: one GPU whatever training used.
-        gpu=min(1, config["train"]["gpus"]),
+        gpu=min(1, lookup(dpath="train/gpus", within=config)),
         mem_mb=lookup(dpath="train/mem_mb", within=config),
         runtime=lookup(dpath="evaluate/runtime", within=config),
     log:

@@ -34,7 +34,7 @@ rule train:
     params:
         settings=train_settings,
         classes=CLASSES,
-        run_name=config["run"],
+        run_name=lookup(dpath="run", within=config),
         run_dir=RUN.root,
     threads: lookup(dpath="train/threads", within=config)
     resources:
