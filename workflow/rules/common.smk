@@ -83,6 +83,12 @@ def variant_cache(wildcards):
     return RUN.cache_record(settings_for(config, wildcards.variant).image_size)
 
 
+def run_folder(wildcards):
+    """params.run_dir: the manifest's mask paths are relative to the run folder. A function, as Snakemake's lint
+    asks of a param that prefixes the outputs; both come from RUN, so they cannot disagree."""
+    return RUN.root
+
+
 def train_settings(wildcards):
     """The run's settings that change its results, as a plain dict: Snakemake reruns a job whose params change."""
     return tracked_settings(config, wildcards.variant, int(wildcards.seed))

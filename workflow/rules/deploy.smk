@@ -13,7 +13,7 @@ rule export:
         sidecar=RUN.sidecar,
     params:
         run=lookup(dpath="run", within=config),
-        run_dir=RUN.root,
+        run_dir=run_folder,
         logit_tolerance=lookup(dpath="export/logit_tolerance", within=config),
         miou_tolerance=lookup(dpath="export/miou_tolerance", within=config),
     threads: lookup(dpath="export/threads", within=config)
@@ -38,7 +38,7 @@ rule deployment:
         table_html=report(html_of(RUN.deployment), category="Evaluation",
                           caption="../../report/deployment.rst"),
     params:
-        run_dir=RUN.root,
+        run_dir=run_folder,
     threads: lookup(dpath="export/threads", within=config)
     log:
         RUN.log("deployment"),

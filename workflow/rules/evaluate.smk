@@ -14,7 +14,7 @@ rule evaluate:
     params:
         # Tracked: another engine computes (slightly) other numbers.
         engine=lookup(dpath="evaluate/engine", within=config),
-        run_dir=RUN.root,
+        run_dir=run_folder,
     threads: lookup(dpath="train/threads", within=config)
     resources:
         # Evaluation runs in one process: one GPU whatever training used.

@@ -102,7 +102,7 @@ rule prediction_figures:
         sample_size=lookup(dpath="evaluate/prediction_images", within=config),
         worst=lookup(dpath="evaluate/worst_images", within=config),
         seed=lookup(dpath="evaluate/seed", within=config),
-        run_dir=RUN.root,
+        run_dir=run_folder,
     log:
         RUN.log("prediction_figures_{variant}"),
     conda:

@@ -9,7 +9,7 @@ rule cache:
         record=RUN.cache_record(),
         arrays=RUN.cache_arrays(),
     params:
-        run_dir=RUN.root,
+        run_dir=run_folder,
     wildcard_constraints:
         size=r"\d+",
     threads: lookup(dpath="train/threads", within=config)
@@ -35,7 +35,7 @@ rule train:
         settings=train_settings,
         classes=CLASSES,
         run_name=lookup(dpath="run", within=config),
-        run_dir=RUN.root,
+        run_dir=run_folder,
     threads: lookup(dpath="train/threads", within=config)
     resources:
         gpu=lookup(dpath="train/gpus", within=config),
