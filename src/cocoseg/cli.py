@@ -96,7 +96,7 @@ def cmd_split(args: argparse.Namespace) -> None:
     from cocoseg.data.split import split_manifest
 
     split_manifest(args.selected, args.counts, args.classes, args.manifest, args.splits,
-                   dict(args.fractions), args.seed, args.images_dir)
+                   dict(args.fractions), args.seed, args.images_dir, args.mask_dirs)
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "split.train, split.val and split.test are required there)")
     sub.add_argument("--seed", type=int, **_config_default("split.seed"))
     sub.add_argument("--images-dir")
+    sub.add_argument("--mask-dirs", nargs="+", metavar="FOLDER",
+                     help="each --counts file's masks, relative to the run folder, in the same order (the workflow's: "
+                          f"{RunPaths.mask_folder(0)} {RunPaths.mask_folder(1)} ...); default: data/masks for all")
 
     sub = step("stats", cmd_stats, "class distribution tables and histograms")
     sub.add_argument("--manifest", required=True)
