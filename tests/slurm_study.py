@@ -1,6 +1,6 @@
 """The configs and targets of the real-Slurm test (tests/test_slurm.py), shared with `make test`.
 
-The run folders come from the library's own ``run_dir_name``, and `make test` plans these exact
+The run folders come from the library's own ``cocoseg.paths``, and `make test` plans these exact
 targets with a dry run (tests/test_slurm_submission.py), so a change of the layout fails there, not
 only in the rarely run real-Slurm test.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import yaml
 from conftest import REPO
 
-from cocoseg.variants import run_dir_name
+from cocoseg.paths import RunPaths
 
 VARIANTS = ["mobilenet_v3_large-cross_entropy-uniform", "mobilenet_v3_large-focal_tversky-oversample"]
 DATASET = "synthetic-slurm"
@@ -45,7 +45,7 @@ def preemption_config() -> dict:
 
 
 def run_folder(config: dict, variant: str, seed: int) -> str:
-    return f"results/{config['run']}/models/{run_dir_name(variant, seed)}"
+    return RunPaths.of(config["run"]).model_dir(variant, seed)
 
 
 def preemption_targets(config: dict) -> list[str]:
@@ -54,5 +54,5 @@ def preemption_targets(config: dict) -> list[str]:
 
 def study_targets(config: dict) -> list[str]:
     """The comparison (it needs every run's training and evaluation) and the data stage's figures."""
-    run = f"results/{config['run']}"
-    return [f"{run}/tables/comparison.csv", f"{run}/figures/class_images.png"]
+    run = RunPaths.of(config["run"])
+    return [run.comparison, run.class_images]

@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -39,7 +40,7 @@ from cocoseg.models import build_model
 from cocoseg.predict import predict
 from cocoseg.runtimes import NotOnnx, OnnxRuntimeModel, OpenVinoModel, load_openvino
 from cocoseg.settings import TrainSettings
-from cocoseg.variants import grid_seeds, run_dir_name
+from cocoseg.variants import grid_seeds
 
 SIZE = 48
 VARIANT = "mobilenet_v3_large-cross_entropy-uniform"
@@ -264,9 +265,9 @@ def test_export_publishes_the_model_before_its_sidecar(tmp_path, monkeypatch):
 def test_export_command_takes_the_named_variant_and_seed_and_refuses_a_seed_alone():
     parser = build_parser()
     args = parser.parse_args(["export", "--configfile", "config/demo.yaml", "--variant", VARIANT, "--seed", "7"])
-    config, run_dir, checkpoint = _export_settings(args)
-    assert checkpoint == run_dir / "models" / run_dir_name(VARIANT, 7) / "best.pt"
-    assert run_dir_name(VARIANT, 7) != run_dir_name(VARIANT, grid_seeds(config)[0])
+    config, run, checkpoint = _export_settings(args)
+    assert checkpoint == Path("results/demo/models") / VARIANT / "seed7" / "best.pt" == Path(run.best(VARIANT, 7))
+    assert grid_seeds(config)[0] != 7
     args = parser.parse_args(["export", "--configfile", "config/demo.yaml", "--seed", "7"])
     with pytest.raises(ValueError, match="--seed 7 names a seed of --variant, which is missing; add --variant"):
         _export_settings(args)

@@ -86,7 +86,8 @@ def test_the_train_rule_script_trains_on_the_gpus_it_claimed(tmp_path, monkeypat
         run_rule_script("train", input={"manifest": tmp_path / "data" / "manifest.csv",
                                         "cache": tmp_path / "cache" / "cache.json"},
                         output={"model": tmp_path / "model" / "best.pt"},
-                        params={"settings": tracked_settings(config, variant, 0), "classes": CLASSES, "run_name": "r"},
+                        params={"settings": tracked_settings(config, variant, 0), "classes": CLASSES, "run_name": "r",
+                                "run_dir": tmp_path},
                         wildcards={"variant": variant, "seed": "0"}, log=str(tmp_path / "train.log"),
                         resources={"gpu": gpus}, config=config)
     finally:

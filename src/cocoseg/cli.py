@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from cocoseg.logs import logged
+from cocoseg.paths import RunPaths, html_of
+
+EXAMPLE = RunPaths.of("<run>")  # the paths the help names
+RUN_DIR_HELP = "the run folder the manifest's mask paths are relative to (default: the run of --manifest)"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -30,6 +34,21 @@ def _config_default(key: str, text: str = "", shown: Callable[[Any], str] = str)
     default = schema_default(key)
     note = f"default: {shown(default)}, as the config's {key}"
     return {"default": default, "help": f"{text} ({note})" if text else note}
+
+
+def _folder(text: str) -> RunPaths:
+    """A folder given on the command line, laid out like a run's."""
+    return RunPaths(Path(text).as_posix())
+
+
+def _run(args: argparse.Namespace, config: dict | None = None) -> RunPaths:
+    """The run folder that the manifest's mask paths are relative to: --run-dir, else the run whose
+    data/manifest.csv --manifest names, else the config's run."""
+    if args.run_dir:
+        return _folder(args.run_dir)
+    if args.manifest or config is None:
+        return RunPaths.of_manifest(args.manifest)
+    return RunPaths.of(config["run"])
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -77,51 +96,49 @@ def cmd_split(args: argparse.Namespace) -> None:
     from cocoseg.data.split import split_manifest
 
     split_manifest(args.selected, args.counts, args.classes, args.manifest, args.splits,
-                   dict(args.fractions), args.seed, args.images_dir)
+                   dict(args.fractions), args.seed, args.images_dir, args.mask_dirs)
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
     from cocoseg.data.stats import write_stats
 
-    out = Path(args.out_dir)
-    write_stats(args.manifest, args.classes, out / "tables/class_distribution.csv",
-                out / "tables/class_distribution.html", out / "figures/class_images.png",
-                out / "figures/class_pixels.png")
+    out = _folder(args.out_dir)
+    write_stats(args.manifest, args.classes, out.class_distribution, html_of(out.class_distribution),
+                out.class_images, out.class_pixels)
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
     from cocoseg.cache import build_cache
 
-    manifest = Path(args.manifest)
-    build_cache(manifest, manifest.parents[1], args.out_dir, args.image_size, args.threads)
+    build_cache(args.manifest, _run(args).root, args.out_dir, args.image_size, args.threads)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from cocoseg.config import load_config
     from cocoseg.train import train, train_distributed
-    from cocoseg.variants import run_dir_name, settings_for
+    from cocoseg.variants import settings_for
 
     config = load_config(args.configfile)
     settings = settings_for(config, args.variant, args.seed)
-    manifest = Path(args.manifest or f"results/{config['run']}/data/manifest.csv")
-    out_dir = Path(args.out_dir or manifest.parents[1] / "models" / run_dir_name(args.variant, settings.seed))
-    arguments = (manifest, manifest.parents[1], out_dir, config["dataset"]["classes"], settings, args.variant,
-                 config["run"], args.threads)
+    run = _run(args, config)
+    out_dir = args.out_dir or run.model_dir(args.variant, settings.seed)
+    cache_dir = args.cache_dir or run.cache_dir(settings.image_size)
+    arguments = (args.manifest or run.manifest, run.root, out_dir, config["dataset"]["classes"], settings,
+                 args.variant, config["run"], args.threads)
     if args.nproc > 1:
-        train_distributed(args.nproc, *arguments, cache_dir=args.cache_dir, log_file=args.log)
+        train_distributed(args.nproc, *arguments, cache_dir=cache_dir, log_file=args.log)
     else:  # one process, or one rank of torchrun (which initialises the process group)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             import torch
 
             torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        train(*arguments, cache_dir=args.cache_dir)
+        train(*arguments, cache_dir=cache_dir)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cocoseg.evaluate import evaluate
 
-    manifest = Path(args.manifest)
-    evaluate(args.checkpoint, manifest, manifest.parents[1], args.out_dir, args.num_workers, args.batch_size,
+    evaluate(args.checkpoint, args.manifest, _run(args).root, args.out_dir, args.num_workers, args.batch_size,
              args.threads, args.device, args.precision, args.engine)
 
 
@@ -129,19 +146,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from cocoseg.compare import compare
     from cocoseg.config import load_config
     from cocoseg.plots import forest_plot, power_curves, write_comparison
-    from cocoseg.variants import expand_variants, grid_seeds, run_dir_name
+    from cocoseg.variants import expand_variants, grid_seeds
 
     config = load_config(args.configfile)
-    models = Path(f"results/{config['run']}/models")
-    runs = [models / run_dir_name(v, s) for v in expand_variants(config) for s in grid_seeds(config)]
-    evaluate, out = config["evaluate"], Path(args.out_dir or f"results/{config['run']}")
-    table, per_class = compare([r / "evaluation/metrics.json" for r in runs], [r / "training.json" for r in runs],
-                               [r / "evaluation/per_image_confusion.npz" for r in runs], config["dataset"]["classes"],
+    run = RunPaths.of(config["run"])
+    runs = [(v, s) for v in expand_variants(config) for s in grid_seeds(config)]
+    evaluate, out = config["evaluate"], _folder(args.out_dir) if args.out_dir else run
+    table, per_class = compare([run.evaluation_metrics(*r) for r in runs], [run.training_summary(*r) for r in runs],
+                               [run.per_image_confusion(*r) for r in runs], config["dataset"]["classes"],
                                evaluate["reference"])
-    write_comparison(table, per_class, evaluate["reference"], out / "tables/comparison.csv",
-                     out / "tables/comparison.html", out / "tables/comparison_per_class.csv")
-    forest_plot(table, per_class, evaluate["reference"], out / "figures/forest.png")
-    power_curves(table, evaluate["reference"], out / "figures/power.png")
+    write_comparison(table, per_class, evaluate["reference"], out.comparison, html_of(out.comparison),
+                     out.comparison_per_class)
+    forest_plot(table, per_class, evaluate["reference"], out.forest)
+    power_curves(table, evaluate["reference"], out.power)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -150,14 +167,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predict(args.checkpoint, args.images, args.out_dir, args.device, args.precision, args.threads, args.model)
 
 
-def _export_settings(args: argparse.Namespace) -> tuple[dict, Path, Path]:
-    """The config's export section, the run folder, and the checkpoint: named, or the one validation chooses."""
+def _export_settings(args: argparse.Namespace) -> tuple[dict, RunPaths, Path]:
+    """The config, its run's paths, and the checkpoint: named, or the one validation chooses."""
     from cocoseg.config import load_config
     from cocoseg.deployment import chosen_checkpoint
-    from cocoseg.variants import expand_variants, grid_seeds, run_dir_name
+    from cocoseg.variants import expand_variants, grid_seeds
 
     config = load_config(args.configfile)
-    run_dir = Path(f"results/{config['run']}")
+    run = RunPaths.of(config["run"])
     if args.seed is not None and not args.variant:
         raise ValueError(f"--seed {args.seed} names a seed of --variant, which is missing; add --variant "
                          "backbone-loss-sampling, or name the run's best.pt with --checkpoint")
@@ -165,27 +182,26 @@ def _export_settings(args: argparse.Namespace) -> tuple[dict, Path, Path]:
         checkpoint = Path(args.checkpoint)
     elif args.variant:
         seed = grid_seeds(config)[0] if args.seed is None else args.seed
-        checkpoint = run_dir / "models" / run_dir_name(args.variant, seed) / "best.pt"
+        checkpoint = Path(run.best(args.variant, seed))
     else:
-        metrics = [run_dir / "models" / run_dir_name(v, s) / "evaluation/metrics.json"
-                   for v in expand_variants(config) for s in grid_seeds(config)]
+        metrics = [Path(run.evaluation_metrics(v, s)) for v in expand_variants(config) for s in grid_seeds(config)]
         missing = [str(path) for path in metrics if not path.is_file()]
         if missing:
             raise FileNotFoundError(f"choosing by validation needs every run evaluated; missing: {', '.join(missing)}"
                                     "; run the pipeline (snakemake) first, or name a run with --checkpoint")
         checkpoint = chosen_checkpoint(metrics)
-    return config, run_dir, checkpoint
+    return config, run, checkpoint
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from cocoseg.deployment import export_verified
 
-    config, run_dir, checkpoint = _export_settings(args)
+    config, run, checkpoint = _export_settings(args)
     settings = config["export"]
-    out = Path(args.out or run_dir / "deploy" / "model.onnx")
-    export_verified(checkpoint, out, config["run"], Path(args.manifest or run_dir / "data" / "manifest.csv"),
-                    Path(args.manifest).parents[1] if args.manifest else run_dir, settings["batch_size"],
-                    args.threads or settings["threads"], settings["logit_tolerance"], settings["miou_tolerance"])
+    out = Path(args.out or run.onnx_model)
+    export_verified(checkpoint, out, config["run"], args.manifest or run.manifest, _run(args, config).root,
+                    settings["batch_size"], args.threads or settings["threads"], settings["logit_tolerance"],
+                    settings["miou_tolerance"])
     print(f"{out} and {out.with_suffix('.json')}: verified on the test split")
 
 
@@ -195,13 +211,12 @@ def cmd_deployment(args: argparse.Namespace) -> None:
     from cocoseg.export import read_sidecar
 
     config = load_config(args.configfile)
-    run_dir = Path(f"results/{config['run']}")
-    model = Path(args.model or run_dir / "deploy" / "model.onnx")
-    manifest = Path(args.manifest or run_dir / "data" / "manifest.csv")
-    out = Path(args.out_dir or run_dir / "tables")
+    run = RunPaths.of(config["run"])
+    model = args.model or run.onnx_model
+    table = (Path(args.out_dir) / Path(run.deployment).name).as_posix() if args.out_dir else run.deployment
     settings = config["export"]
-    frame = write_deployment(model, read_sidecar(model)["provenance"]["checkpoint"], manifest, manifest.parents[1],
-                             out / "deployment.csv", out / "deployment.html", settings["batch_size"],
+    frame = write_deployment(model, read_sidecar(model)["provenance"]["checkpoint"], args.manifest or run.manifest,
+                             _run(args, config).root, table, html_of(table), settings["batch_size"],
                              settings["timing_seconds"], args.threads or settings["threads"])
     print(frame.drop(columns=["cpu"]).to_string(index=False))
 
@@ -276,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "split.train, split.val and split.test are required there)")
     sub.add_argument("--seed", type=int, **_config_default("split.seed"))
     sub.add_argument("--images-dir")
+    sub.add_argument("--mask-dirs", nargs="+", metavar="FOLDER",
+                     help="each --counts file's masks, relative to the run folder, in the same order (the workflow's: "
+                          f"{RunPaths.mask_folder(0)} {RunPaths.mask_folder(1)} ...); default: data/masks for all")
 
     sub = step("stats", cmd_stats, "class distribution tables and histograms")
     sub.add_argument("--manifest", required=True)
@@ -283,19 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out-dir", required=True, help="writes tables/ and figures/ below it")
 
     sub = step("cache", cmd_cache, "write the train and val splits as resized uint8 arrays for training")
-    sub.add_argument("--manifest", required=True, help="results/<run>/data/manifest.csv")
+    sub.add_argument("--manifest", required=True, help=EXAMPLE.manifest)
+    sub.add_argument("--run-dir", help=RUN_DIR_HELP)
     sub.add_argument("--image-size", type=int, required=True)
-    sub.add_argument("--out-dir", required=True, help="e.g. results/<run>/cache/256px")
+    sub.add_argument("--out-dir", required=True, help=f"e.g. {EXAMPLE.cache_dir(256)}")
     sub.add_argument("--threads", type=int, default=1)
 
     sub = step("train", cmd_train, "train one variant of a config (resumes from its last checkpoint); "
                "under torchrun, one rank of a DistributedDataParallel run")
     sub.add_argument("--configfile", required=True)
     sub.add_argument("--variant", required=True, help="backbone-loss-sampling, e.g. resnet50-focal_tversky-uniform")
-    sub.add_argument("--manifest", help="default: results/<run>/data/manifest.csv")
+    sub.add_argument("--manifest", help=f"default: {EXAMPLE.manifest}")
+    sub.add_argument("--run-dir", help=RUN_DIR_HELP)
     sub.add_argument("--seed", type=int, help="default: the first of grid.seeds")
-    sub.add_argument("--out-dir", help="default: results/<run>/models/<variant>/seed<seed>")
-    sub.add_argument("--cache-dir", help="default: results/<run>/cache/<image_size>px (built when missing)")
+    sub.add_argument("--out-dir", help=f"default: {EXAMPLE.model_dir('<variant>', '<seed>')}")
+    sub.add_argument("--cache-dir", help=f"default: {EXAMPLE.cache_dir('<image_size>')} (built when missing)")
     sub.add_argument("--threads", type=int, help="the job's cores, shared among this machine's ranks "
                      "(default: torch's, one per core)")
     sub.add_argument("--nproc", type=int, default=1,
@@ -303,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = step("evaluate", cmd_evaluate, "evaluate a checkpoint on the validation and test splits")
     sub.add_argument("--checkpoint", required=True)
-    sub.add_argument("--manifest", required=True, help="results/<run>/data/manifest.csv")
+    sub.add_argument("--manifest", required=True, help=EXAMPLE.manifest)
+    sub.add_argument("--run-dir", help=RUN_DIR_HELP)
     sub.add_argument("--out-dir", required=True)
     sub.add_argument("--batch-size", type=int, **_config_default("evaluate.batch_size"))
     sub.add_argument("--num-workers", type=int, **_config_default("train.num_workers"))
@@ -316,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = step("compare", cmd_compare, "intervals, paired comparisons and a power report of every evaluated variant "
                "with evaluate.reference: tables/comparison.{csv,html}, comparison_per_class.csv, figures/forest.png")
     sub.add_argument("--configfile", required=True)
-    sub.add_argument("--out-dir", help="default: results/<run>")
+    sub.add_argument("--out-dir", help=f"default: {EXAMPLE.root}")
 
     sub = step("export", cmd_export, "export a run to ONNX (opset 17, dynamic batch and size) with its sidecar "
                "JSON, verified against PyTorch on the test split; by default the run validation chooses")
@@ -325,17 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--checkpoint", help="any run's best.pt (default: the run validation chooses)")
     which.add_argument("--variant", help="a variant of the config (with --seed, default the grid's first)")
     sub.add_argument("--seed", type=int)
-    sub.add_argument("--manifest", help="default: results/<run>/data/manifest.csv")
-    sub.add_argument("--out", help="the .onnx file (default: results/<run>/deploy/model.onnx); the sidecar goes "
+    sub.add_argument("--manifest", help=f"default: {EXAMPLE.manifest}")
+    sub.add_argument("--run-dir", help=RUN_DIR_HELP)
+    sub.add_argument("--out", help=f"the .onnx file (default: {EXAMPLE.onnx_model}); the sidecar goes "
                      "beside it as .json")
     sub.add_argument("--threads", type=int, help="default: export.threads")
 
     sub = step("deployment", cmd_deployment, "time an exported model on PyTorch, ONNX Runtime and OpenVINO with "
                "each one's test mIoU: tables/deployment.{csv,html}")
     sub.add_argument("--configfile", required=True)
-    sub.add_argument("--model", help="default: results/<run>/deploy/model.onnx")
-    sub.add_argument("--manifest", help="default: results/<run>/data/manifest.csv")
-    sub.add_argument("--out-dir", help="default: results/<run>/tables")
+    sub.add_argument("--model", help=f"default: {EXAMPLE.onnx_model}")
+    sub.add_argument("--manifest", help=f"default: {EXAMPLE.manifest}")
+    sub.add_argument("--run-dir", help=RUN_DIR_HELP)
+    sub.add_argument("--out-dir", help=f"default: {Path(EXAMPLE.deployment).parent}")
     sub.add_argument("--threads", type=int, help="default: export.threads")
 
     sub = step("predict", cmd_predict, "write label masks and overlays for new images, with a checkpoint or an "

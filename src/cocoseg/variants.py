@@ -27,11 +27,6 @@ def grid_seeds(config: dict[str, Any]) -> list[int]:
     return list(config["grid"]["seeds"])
 
 
-def run_dir_name(variant: str, seed: int) -> str:
-    """Where a run lives under ``models/``."""
-    return f"{variant}/seed{seed}"
-
-
 def parse_variant(name: str) -> tuple[str, str, str]:
     parts = name.split("-")
     if len(parts) != 3:

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cocoseg.categories import class_set_name
 from cocoseg.config import ConfigError, validate_config
+from cocoseg.paths import ResourcePaths, RunPaths, html_of
 from cocoseg.provenance import git_commit
 from cocoseg.variants import expand_variants, grid_seeds, settings_for, tracked_settings
 
@@ -17,8 +18,9 @@ try:
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
-RUN = f"results/{config['run']}"
-RES = f"resources/{config['dataset']['name']}"
+# Every path of the run and of its dataset's resources: cocoseg.paths.
+RUN = RunPaths.of(lookup(dpath="run", within=config))
+RES = ResourcePaths.of(lookup(dpath="dataset/name", within=config))
 SOURCE = config["dataset"]["source"]
 CLASSES = config["dataset"]["classes"]
 
@@ -26,7 +28,7 @@ CLASSES = config["dataset"]["classes"]
 def archive_url(archive):
     """The URL of an archive; a synthetic dataset is served from its own folder."""
     if SOURCE == "synthetic":
-        return Path(f"{RES}/served/{archive}.zip").resolve().as_uri()
+        return Path(RES.served(archive)).resolve().as_uri()
     return lookup(dpath=f"dataset/download/{archive}/url", within=config)
 
 
@@ -38,17 +40,18 @@ def archive_sha256(archive):
 
 def served_archive(wildcards):
     """The synthetic archive that the download rule fetches, so Snakemake makes it first."""
-    return f"{RES}/served/{wildcards.archive}.zip" if SOURCE == "synthetic" else []
+    return RES.served(wildcards.archive) if SOURCE == "synthetic" else []
 
 
 def annotations_json():
     if SOURCE == "local":
         return config["dataset"]["annotations"]
-    return f"{RES}/annotations/instances.json"
+    return RES.annotations
 
 
 # Extracted images, one folder per class set: runs with the same classes share it, and it is a declared output.
-EXTRACTED = f"{RES}/images/{class_set_name(CLASSES)}"
+CLASS_SET = class_set_name(CLASSES)
+EXTRACTED = RES.images(CLASS_SET)
 
 
 def images_dir():
@@ -58,7 +61,7 @@ def images_dir():
 
 
 def extracted_listing():
-    return [] if SOURCE == "local" else f"{EXTRACTED}.csv"
+    return [] if SOURCE == "local" else RES.images_listing(CLASS_SET)
 
 
 MASK_SHARDS = list(range(config["masks"]["shards"]))
@@ -77,7 +80,13 @@ def runs(pattern):
 
 def variant_cache(wildcards):
     """The training cache at the variant's image size."""
-    return f"{RUN}/cache/{settings_for(config, wildcards.variant).image_size}px/cache.json"
+    return RUN.cache_record(settings_for(config, wildcards.variant).image_size)
+
+
+def run_folder(wildcards):
+    """params.run_dir: the manifest's mask paths are relative to the run folder. A function, as Snakemake's lint
+    asks of a param that prefixes the outputs; both come from RUN, so they cannot disagree."""
+    return RUN.root
 
 
 def train_settings(wildcards):

@@ -3,14 +3,14 @@
 
 rule synth:
     output:
-        images=f"{RES}/served/images.zip",
-        annotations=f"{RES}/served/annotations.zip",
+        images=RES.served("images"),
+        annotations=RES.served("annotations"),
     params:
         num_images=lookup(dpath="dataset/synthetic/num_images", within=config),
         seed=lookup(dpath="dataset/synthetic/seed", within=config),
         sizes=lookup(dpath="dataset/synthetic/sizes", within=config),
     log:
-        f"{RUN}/logs/synth.log",
+        RUN.log("synth"),
     conda:
         "../../envs/data.yaml"
     message:
@@ -23,7 +23,7 @@ rule download:
     input:
         served_archive,
     output:
-        f"{RES}/archives/{{archive}}.zip",
+        RES.archive(),
     params:
         url=lambda wildcards: archive_url(wildcards.archive),
         sha256=lambda wildcards: archive_sha256(wildcards.archive),
@@ -32,7 +32,7 @@ rule download:
     wildcard_constraints:
         archive="images|annotations",
     log:
-        f"{RUN}/logs/download_{{archive}}.log",
+        RUN.log("download_{archive}"),
     conda:
         "../../envs/data.yaml"
     message:
@@ -43,13 +43,13 @@ rule download:
 
 rule extract_annotations:
     input:
-        f"{RES}/archives/annotations.zip",
+        RES.archive("annotations"),
     output:
-        f"{RES}/annotations/instances.json",
+        RES.annotations,
     params:
         member=lookup(dpath="dataset/download/annotations_member", within=config),
     log:
-        f"{RUN}/logs/extract_annotations.log",
+        RUN.log("extract_annotations"),
     conda:
         "../../envs/data.yaml"
     message:
@@ -60,16 +60,16 @@ rule extract_annotations:
 
 rule extract_images:
     input:
-        archive=f"{RES}/archives/images.zip",
+        archive=RES.archive("images"),
         annotations=rules.extract_annotations.output[0],
     output:
         images=directory(EXTRACTED),
-        listing=f"{EXTRACTED}.csv",
+        listing=RES.images_listing(CLASS_SET),
     params:
         classes=sorted(CLASSES),  # the candidates, like the folder, do not depend on the classes' order
     threads: 2
     log:
-        f"{RUN}/logs/extract_images.log",
+        RUN.log("extract_images"),
     conda:
         "../../envs/data.yaml"
     message:
@@ -84,9 +84,9 @@ rule select:
         images=images_dir(),
         extracted=extracted_listing(),
     output:
-        selected=f"{RUN}/data/selected.csv",
-        rejected=f"{RUN}/data/rejected.csv",
-        instances=f"{RUN}/data/instances.json",
+        selected=RUN.selected,
+        rejected=RUN.rejected,
+        instances=RUN.instances,
     params:
         classes=CLASSES,
         max_images=lookup(dpath="dataset/max_images", within=config),
@@ -94,9 +94,9 @@ rule select:
         crowd=lookup(dpath="dataset/crowd", within=config),
     threads: 4
     log:
-        f"{RUN}/logs/select.log",
+        RUN.log("select"),
     benchmark:
-        f"{RUN}/benchmarks/select.tsv"
+        RUN.benchmark("select")
     conda:
         "../../envs/data.yaml"
     message:
@@ -109,18 +109,18 @@ rule masks:
     input:
         instances=rules.select.output.instances,
     output:
-        counts=f"{RUN}/data/shards/pixels-{{shard}}.csv",
+        counts=RUN.mask_counts(),
         # One folder per shard: Snakemake tracks (and cleans) what each job writes.
-        masks=directory(f"{RUN}/data/masks/{{shard}}"),
+        masks=directory(RUN.masks()),
     params:
         crowd=lookup(dpath="dataset/crowd", within=config),
         num_shards=len(MASK_SHARDS),
     wildcard_constraints:
         shard=r"\d+",
     log:
-        f"{RUN}/logs/masks_{{shard}}.log",
+        RUN.log("masks_{shard}"),
     benchmark:
-        f"{RUN}/benchmarks/masks_{{shard}}.tsv"
+        RUN.benchmark("masks_{shard}")
     conda:
         "../../envs/data.yaml"
     message:
@@ -135,16 +135,16 @@ rule split:
         counts=expand(rules.masks.output.counts, shard=MASK_SHARDS),
         masks=expand(rules.masks.output.masks, shard=MASK_SHARDS),
     output:
-        manifest=f"{RUN}/data/manifest.csv",
-        splits=f"{RUN}/data/splits.csv",
+        manifest=RUN.manifest,
+        splits=RUN.splits,
     params:
         classes=CLASSES,
-        mask_dirs=[f"data/masks/{shard}" for shard in MASK_SHARDS],
-        fractions=lambda wildcards: {name: config["split"][name] for name in ("train", "val", "test")},
+        mask_dirs=[RUN.mask_folder(shard) for shard in MASK_SHARDS],
+        fractions={name: lookup(dpath=f"split/{name}", within=config) for name in ("train", "val", "test")},
         seed=lookup(dpath="split/seed", within=config),
         images_dir=images_dir(),
     log:
-        f"{RUN}/logs/split.log",
+        RUN.log("split"),
     conda:
         "../../envs/data.yaml"
     message:
@@ -157,26 +157,26 @@ rule stats:
     input:
         manifest=rules.split.output.manifest,
     output:
-        table=f"{RUN}/tables/class_distribution.csv",
+        table=RUN.class_distribution,
         table_html=report(
-            f"{RUN}/tables/class_distribution.html",
+            html_of(RUN.class_distribution),
             category="Data",
             caption="../../report/class_distribution.rst",
         ),
         images_figure=report(
-            f"{RUN}/figures/class_images.png",
+            RUN.class_images,
             category="Data",
             caption="../../report/class_images.rst",
         ),
         pixels_figure=report(
-            f"{RUN}/figures/class_pixels.png",
+            RUN.class_pixels,
             category="Data",
             caption="../../report/class_pixels.rst",
         ),
     params:
         classes=CLASSES,
     log:
-        f"{RUN}/logs/stats.log",
+        RUN.log("stats"),
     conda:
         "../../envs/data.yaml"
     message:

@@ -9,15 +9,16 @@ rule export:
         models=runs(rules.train.output.model),
         manifest=rules.split.output.manifest,
     output:
-        model=f"{RUN}/deploy/model.onnx",
-        sidecar=f"{RUN}/deploy/model.json",
+        model=RUN.onnx_model,
+        sidecar=RUN.sidecar,
     params:
-        run=config["run"],
+        run=lookup(dpath="run", within=config),
+        run_dir=run_folder,
         logit_tolerance=lookup(dpath="export/logit_tolerance", within=config),
         miou_tolerance=lookup(dpath="export/miou_tolerance", within=config),
     threads: lookup(dpath="export/threads", within=config)
     log:
-        f"{RUN}/logs/export.log",
+        RUN.log("export"),
     conda:
         "../../envs/train.yaml"
     message:
@@ -33,14 +34,16 @@ rule deployment:
         models=runs(rules.train.output.model),
         manifest=rules.split.output.manifest,
     output:
-        table=f"{RUN}/tables/deployment.csv",
-        table_html=report(f"{RUN}/tables/deployment.html", category="Evaluation",
+        table=RUN.deployment,
+        table_html=report(html_of(RUN.deployment), category="Evaluation",
                           caption="../../report/deployment.rst"),
+    params:
+        run_dir=run_folder,
     threads: lookup(dpath="export/threads", within=config)
     log:
-        f"{RUN}/logs/deployment.log",
+        RUN.log("deployment"),
     benchmark:
-        f"{RUN}/benchmarks/deployment.tsv"
+        RUN.benchmark("deployment")
     conda:
         "../../envs/train.yaml"
     message:

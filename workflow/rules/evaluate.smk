@@ -6,24 +6,25 @@ rule evaluate:
         model=rules.train.output.model,
         manifest=rules.split.output.manifest,
     output:
-        metrics=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/metrics.json",
-        confusion=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/confusion.csv",
-        per_image=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image.csv",
-        per_image_confusion=f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/per_image_confusion.npz",
-        predictions=directory(f"{RUN}/models/{{variant}}/seed{{seed}}/evaluation/predictions"),
+        metrics=RUN.evaluation_metrics(),
+        confusion=RUN.confusion(),
+        per_image=RUN.per_image(),
+        per_image_confusion=RUN.per_image_confusion(),
+        predictions=directory(RUN.predictions()),
     params:
         # Tracked: another engine computes (slightly) other numbers.
         engine=lookup(dpath="evaluate/engine", within=config),
+        run_dir=run_folder,
     threads: lookup(dpath="train/threads", within=config)
     resources:
         # Evaluation runs in one process: one GPU whatever training used.
-        gpu=min(1, config["train"]["gpus"]),
+        gpu=min(1, lookup(dpath="train/gpus", within=config)),
         mem_mb=lookup(dpath="train/mem_mb", within=config),
         runtime=lookup(dpath="evaluate/runtime", within=config),
     log:
-        f"{RUN}/logs/evaluate_{{variant}}_seed{{seed}}.log",
+        RUN.log("evaluate_{variant}_seed{seed}"),
     benchmark:
-        f"{RUN}/benchmarks/evaluate_{{variant}}_seed{{seed}}.tsv"
+        RUN.benchmark("evaluate_{variant}_seed{seed}")
     conda:
         "../../envs/train.yaml"
     message:

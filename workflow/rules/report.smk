@@ -6,16 +6,16 @@ rule tables:
         metrics=runs(rules.evaluate.output.metrics),
         training=runs(rules.train.output.summary),
     output:
-        summary=f"{RUN}/tables/summary.csv",
-        summary_html=report(f"{RUN}/tables/summary.html", category="Evaluation",
+        summary=RUN.summary,
+        summary_html=report(html_of(RUN.summary), category="Evaluation",
                             caption="../../report/summary.rst"),
-        per_class=f"{RUN}/tables/per_class_iou.csv",
-        per_class_html=report(f"{RUN}/tables/per_class_iou.html", category="Evaluation",
+        per_class=RUN.per_class_iou,
+        per_class_html=report(html_of(RUN.per_class_iou), category="Evaluation",
                               caption="../../report/per_class_iou.rst"),
     params:
         classes=CLASSES,
     log:
-        f"{RUN}/logs/tables.log",
+        RUN.log("tables"),
     conda:
         "../../envs/train.yaml"
     message:
@@ -30,17 +30,17 @@ rule compare:
         training=runs(rules.train.output.summary),
         per_image_confusion=runs(rules.evaluate.output.per_image_confusion),
     output:
-        table=f"{RUN}/tables/comparison.csv",
-        table_html=report(f"{RUN}/tables/comparison.html", category="Evaluation",
+        table=RUN.comparison,
+        table_html=report(html_of(RUN.comparison), category="Evaluation",
                           caption="../../report/comparison.rst"),
-        per_class=f"{RUN}/tables/comparison_per_class.csv",
-        forest=report(f"{RUN}/figures/forest.png", category="Evaluation", caption="../../report/forest.rst"),
-        power=report(f"{RUN}/figures/power.png", category="Evaluation", caption="../../report/power.rst"),
+        per_class=RUN.comparison_per_class,
+        forest=report(RUN.forest, category="Evaluation", caption="../../report/forest.rst"),
+        power=report(RUN.power, category="Evaluation", caption="../../report/power.rst"),
     params:
         classes=CLASSES,
         reference=lookup(dpath="evaluate/reference", within=config),
     log:
-        f"{RUN}/logs/compare.log",
+        RUN.log("compare"),
     conda:
         "../../envs/train.yaml"
     message:
@@ -53,11 +53,11 @@ rule curves:
     input:
         runs(rules.train.output.metrics),
     output:
-        report(f"{RUN}/figures/training_curves.png", category="Training", caption="../../report/training_curves.rst"),
+        report(RUN.training_curves, category="Training", caption="../../report/training_curves.rst"),
     params:
         runs=runs("{variant} seed {seed}"),
     log:
-        f"{RUN}/logs/curves.log",
+        RUN.log("curves"),
     conda:
         "../../envs/train.yaml"
     message:
@@ -71,14 +71,14 @@ rule evaluation_figures:
         per_class=rules.tables.output.per_class,
         confusion=expand(rules.evaluate.output.confusion, variant=VARIANTS, seed=SEEDS[0]),
     output:
-        per_class=report(f"{RUN}/figures/per_class_iou.png", category="Evaluation",
+        per_class=report(RUN.per_class_iou_figure, category="Evaluation",
                          caption="../../report/per_class_iou_figure.rst"),
-        confusion=report(f"{RUN}/figures/confusion.png", category="Evaluation",
+        confusion=report(RUN.confusion_figure, category="Evaluation",
                          caption="../../report/confusion.rst"),
     params:
         variants=[f"{variant} seed {SEEDS[0]}" for variant in VARIANTS],
     log:
-        f"{RUN}/logs/evaluation_figures.log",
+        RUN.log("evaluation_figures"),
     conda:
         "../../envs/train.yaml"
     message:
@@ -93,17 +93,18 @@ rule prediction_figures:
                                             seed=SEEDS[0])[0],
         manifest=rules.split.output.manifest,
     output:
-        sample=report(f"{RUN}/figures/predictions/{{variant}}.png", category="Predictions",
+        sample=report(RUN.prediction_sample(), category="Predictions",
                       subcategory="{variant}", caption="../../report/predictions.rst"),
-        worst=report(f"{RUN}/figures/worst/{{variant}}.png", category="Predictions",
+        worst=report(RUN.worst_predictions(), category="Predictions",
                      subcategory="{variant}", caption="../../report/worst.rst"),
     params:
         classes=CLASSES,
         sample_size=lookup(dpath="evaluate/prediction_images", within=config),
         worst=lookup(dpath="evaluate/worst_images", within=config),
         seed=lookup(dpath="evaluate/seed", within=config),
+        run_dir=run_folder,
     log:
-        f"{RUN}/logs/prediction_figures_{{variant}}.log",
+        RUN.log("prediction_figures_{variant}"),
     conda:
         "../../envs/train.yaml"
     message:
@@ -123,14 +124,14 @@ rule results:
 
 rule provenance:
     output:
-        config=f"{RUN}/provenance/config.yaml",
-        table=report(f"{RUN}/provenance/provenance.html", category="Provenance",
+        config=RUN.provenance_config,
+        table=report(RUN.provenance_table, category="Provenance",
                      caption="../../report/provenance.rst"),
     params:
         config=config,
         commit=GIT_COMMIT,
     log:
-        f"{RUN}/logs/provenance.log",
+        RUN.log("provenance"),
     conda:
         "../../envs/train.yaml"
     message:

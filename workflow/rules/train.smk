@@ -6,13 +6,15 @@ rule cache:
     input:
         manifest=rules.split.output.manifest,
     output:
-        record=f"{RUN}/cache/{{size}}px/cache.json",
-        arrays=[f"{RUN}/cache/{{size}}px/{split}_{kind}.npy" for split in ("train", "val") for kind in ("images", "masks")],
+        record=RUN.cache_record(),
+        arrays=RUN.cache_arrays(),
+    params:
+        run_dir=run_folder,
     wildcard_constraints:
         size=r"\d+",
     threads: lookup(dpath="train/threads", within=config)
     log:
-        f"{RUN}/logs/cache_{{size}}px.log",
+        RUN.log("cache_{size}px"),
     conda:
         "../../envs/train.yaml"
     message:
@@ -26,22 +28,23 @@ rule train:
         manifest=rules.split.output.manifest,
         cache=variant_cache,
     output:
-        model=f"{RUN}/models/{{variant}}/seed{{seed}}/best.pt",
-        metrics=f"{RUN}/models/{{variant}}/seed{{seed}}/metrics.csv",
-        summary=f"{RUN}/models/{{variant}}/seed{{seed}}/training.json",
+        model=RUN.best(),
+        metrics=RUN.training_metrics(),
+        summary=RUN.training_summary(),
     params:
         settings=train_settings,
         classes=CLASSES,
-        run_name=config["run"],
+        run_name=lookup(dpath="run", within=config),
+        run_dir=run_folder,
     threads: lookup(dpath="train/threads", within=config)
     resources:
         gpu=lookup(dpath="train/gpus", within=config),
         mem_mb=lookup(dpath="train/mem_mb", within=config),
         runtime=lookup(dpath="train/runtime", within=config),
     log:
-        f"{RUN}/logs/train_{{variant}}_seed{{seed}}.log",
+        RUN.log("train_{variant}_seed{seed}"),
     benchmark:
-        f"{RUN}/benchmarks/train_{{variant}}_seed{{seed}}.tsv"
+        RUN.benchmark("train_{variant}_seed{seed}")
     conda:
         "../../envs/train.yaml"
     message:
