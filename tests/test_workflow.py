@@ -3,6 +3,8 @@
 The whole study run of the same tiny config is test_study_run.py's."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from PIL import Image
 
 from cocoseg.categories import class_set_name
 from cocoseg.data.split import stratified_split
+from cocoseg.paths import RunPaths
 
 
 def test_dry_run_plans_the_study_without_network(tmp_path):
@@ -171,3 +174,22 @@ def test_two_gpus_through_a_real_snakemake_run_train_two_ranks(data_run):
     assert "[rank 0]" in log and "[rank 1]" in log
 
 
+
+
+def test_split_command_reproduces_the_workflows_manifest(data_run, tmp_path):
+    config = yaml.safe_load((data_run / "tiny.yaml").read_text())
+    run = RunPaths(str(data_run / "results" / "tiny"))
+    shards = range(config["masks"]["shards"])
+    fractions = [f"{name}={config['split'][name]}" for name in ("train", "val", "test")]
+    images = data_run / "resources" / "synthetic-tiny" / "images" / class_set_name(CLASSES)
+    subprocess.run([sys.executable, "-m", "cocoseg", "split", "--selected", run.selected,
+                    "--counts", *[run.mask_counts(shard) for shard in shards], "--classes", *CLASSES,
+                    "--manifest", str(tmp_path / "manifest.csv"), "--splits", str(tmp_path / "splits.csv"),
+                    "--fractions", *fractions, "--seed", str(config["split"]["seed"]), "--images-dir", str(images),
+                    "--mask-dirs", *[RunPaths.mask_folder(shard) for shard in shards]],
+                   check=True, capture_output=True, timeout=120)
+    workflow = pd.read_csv(run.manifest)
+    command = pd.read_csv(tmp_path / "manifest.csv")
+    pd.testing.assert_frame_equal(command.drop(columns="image_path"), workflow.drop(columns="image_path"))
+    assert [Path(p).resolve() for p in command["image_path"]] == [(data_run / p).resolve()
+                                                                   for p in workflow["image_path"]]
