@@ -66,6 +66,7 @@ from cocoseg.device import (
 from cocoseg.evaluate import eval_loader, evaluate_model
 from cocoseg.losses import build_loss
 from cocoseg.models import build_model
+from cocoseg.paths import RunPaths
 from cocoseg.sampling import RepeatFactorSampler
 from cocoseg.settings import TrainSettings
 from cocoseg.train import train_step
@@ -155,8 +156,9 @@ def bench_project(backbone: str, rows: pd.DataFrame, cache: Path, manifest: Path
     # What the evaluate rule runs: JPEG and mask PNG read, resized to the training size, the network, logits
     # upsampled to each mask's own resolution, a confusion matrix per image.
     settings = TrainSettings(backbone=backbone, loss="cross_entropy", sampling="uniform", image_size=args.size,
-                             eval_batch_size=args.eval_batch_size, num_workers=args.num_workers)
-    run_dir = manifest.parents[1]
+                             eval_batch_size=args.eval_batch_size, num_workers=args.num_workers,
+                             weights_backbone="none")
+    run_dir = Path(RunPaths.of_manifest(manifest).root)
 
     def evaluate(eval_rows: pd.DataFrame) -> int:
         loader = eval_loader(eval_rows, run_dir, settings)

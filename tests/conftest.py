@@ -52,6 +52,18 @@ def without_training_stack(folder: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def no_weight_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that builds a model with the config's default, ImageNet weights, fails here instead of downloading
+    them (tests never touch the network; pass weights_backbone="none")."""
+    import torchvision.models._api  # where torchvision's weights call it from
+
+    def refuse(url: str, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"a test tried to download {url}: build the model with weights_backbone='none'")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", refuse)
+
+
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """120 synthetic images: the zips, and the extracted images folder and instances JSON."""

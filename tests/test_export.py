@@ -51,8 +51,9 @@ def make_checkpoint(path, seed=0, backbone="mobilenet_v3_large"):
     the initial ones its logits are about 1e-9 and it predicts one class everywhere; with these, logits of
     about 10 and several classes an image, so that paths that disagreed would show it."""
     torch.manual_seed(seed)
-    settings = TrainSettings(backbone=backbone, loss="cross_entropy", sampling="uniform", image_size=SIZE, seed=seed)
-    model = build_model(backbone, len(CLASSES) + 1, "none")
+    settings = TrainSettings(backbone=backbone, loss="cross_entropy", sampling="uniform", image_size=SIZE, seed=seed,
+                             weights_backbone="none")
+    model = build_model(backbone, len(CLASSES) + 1, settings.weights_backbone)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # a cumulative average: one batch sets the statistics

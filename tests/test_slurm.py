@@ -202,7 +202,7 @@ def _shut_down(daemons: list[Daemon], saved_conf: bytes | None) -> None:
     for step in steps:
         try:
             step()
-        except Exception as failure:
+        except Exception as failure:  # the remaining steps must still run
             failures.append(failure)
     if failures:
         raise failures[0]

@@ -145,8 +145,8 @@ def test_local_source_gives_the_synthetic_routes_manifest(data_run):
     assert [Path(p) for p in local["image_path"]] == [(data_run / p).resolve() for p in synthetic["image_path"]]
 
 
-def test_report_shows_the_histograms(data_run):
-    report = data_run / "report.html"
+def test_report_shows_the_histograms(data_run, tmp_path):
+    report = tmp_path / "report.html"  # test_study_run's report.html stays as it made it
     snakemake("data", "--directory", str(data_run), "--configfile", str(data_run / "tiny.yaml"),
               "--report", str(report))
     html = report.read_text()

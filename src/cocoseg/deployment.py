@@ -39,6 +39,7 @@ from cocoseg.device import autocast, precision_name, resolve_precision, to_chann
 from cocoseg.evaluate import eval_loader, evaluate_model
 from cocoseg.export import checked_checkpoint, export, fp32_model, rank_runs, read_sidecar, sha256_of
 from cocoseg.io import write_csv, write_html_table
+from cocoseg.paths import RunPaths
 from cocoseg.runtimes import OnnxRuntimeModel, Unavailable, load_openvino
 from cocoseg.settings import TrainSettings
 
@@ -281,7 +282,7 @@ def write_deployment(onnx_path: str | Path, checkpoint: str | Path, manifest: st
 
 def reported_metrics(checkpoint: str | Path) -> dict[str, Any] | None:
     """The run's ``evaluation/metrics.json`` beside its ``best.pt``, when evaluate has written it."""
-    path = Path(checkpoint).parent / "evaluation" / "metrics.json"
+    path = RunPaths.evaluation_metrics_beside(checkpoint)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -290,7 +291,7 @@ def chosen_checkpoint(metrics_paths: list[str | Path]) -> Path:
     chosen = rank_runs(metrics_paths).iloc[0]
     log.info("chosen by validation: %s seed %s (configuration mean val mIoU %.4f, its own %.4f)", chosen["variant"],
              chosen["seed"], chosen["configuration_val_miou"], chosen["val_miou"])
-    return Path(chosen["metrics"]).parents[1] / "best.pt"
+    return RunPaths.best_beside(chosen["metrics"])
 
 
 def export_verified(checkpoint: str | Path, onnx_path: str | Path, run: str, manifest: str | Path,

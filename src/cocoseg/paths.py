@@ -12,6 +12,7 @@ from pathlib import Path
 
 RESULTS = "results"
 RESOURCES = "resources"
+MASKS = "data/masks"  # relative to the run folder; the workflow's masks are in one folder per shard below it
 
 
 def html_of(table: str) -> str:
@@ -60,7 +61,7 @@ class RunPaths:
     @staticmethod
     def mask_folder(shard: int | str = "{shard}") -> str:
         """A shard's masks, relative to the run folder: the manifest's ``mask_path`` starts with it."""
-        return f"data/masks/{shard}"
+        return f"{MASKS}/{shard}"
 
     def masks(self, shard: int | str = "{shard}") -> str:
         return self._path(self.mask_folder(shard))
@@ -96,6 +97,16 @@ class RunPaths:
 
     def training_summary(self, variant: str = "{variant}", seed: int | str = "{seed}") -> str:
         return f"{self.model_dir(variant, seed)}/training.json"
+
+    @staticmethod
+    def best_beside(evaluation_metrics: str | Path) -> Path:
+        """The ``best.pt`` of the run whose ``evaluation/metrics.json`` this is."""
+        return Path(evaluation_metrics).parent.parent / "best.pt"
+
+    @staticmethod
+    def evaluation_metrics_beside(best: str | Path) -> Path:
+        """The ``evaluation/metrics.json`` of the run whose ``best.pt`` this is."""
+        return Path(best).parent / "evaluation" / "metrics.json"
 
     def evaluation_dir(self, variant: str = "{variant}", seed: int | str = "{seed}") -> str:
         return f"{self.model_dir(variant, seed)}/evaluation"

@@ -33,7 +33,7 @@ def _checked_model_file(path: str | Path) -> Path:
     fix = "pass the model.onnx that `python -m cocoseg export` wrote (a .pt checkpoint goes to --checkpoint)"
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
+    except Exception as e:  # onnx raises DecodeError, ValueError, ... by version
         raise NotOnnx(f"{path} is not an ONNX model ({type(e).__name__}); {fix}") from None
     if not model.graph.node:  # an empty file, or any protobuf that happens to parse, loads as a model with no graph
         raise NotOnnx(f"{path} is not an ONNX model (it has no graph: {path.stat().st_size} bytes); {fix}")
@@ -125,7 +125,7 @@ def load_runtime(runtime: str, path: str | Path, threads: int | None,
         return model
     except (NotOnnx, FileNotFoundError):
         raise
-    except Exception as e:
+    except Exception as e:  # an import error, a plugin that refuses the CPU: skipped, never fatal
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
         log.warning("%s skipped: %s", runtime, reason)
         return Unavailable(runtime, reason)

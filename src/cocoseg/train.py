@@ -71,6 +71,7 @@ from cocoseg.lifecycle import (
 from cocoseg.losses import build_loss, class_weights
 from cocoseg.metrics import ConfusionMatrix, metrics_from_confusion
 from cocoseg.models import build_model, forward_logits
+from cocoseg.paths import RunPaths
 from cocoseg.sampling import SAMPLINGS, RepeatFactorSampler, repeat_factors
 from cocoseg.settings import EXECUTION_SETTINGS, TrainSettings, scaled_lr
 
@@ -535,7 +536,7 @@ def train(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     use_threads(process_threads(threads))
-    cache = Path(cache_dir) if cache_dir else run_dir / "cache" / f"{settings.image_size}px"
+    cache = Path(cache_dir or RunPaths(str(run_dir)).cache_dir(settings.image_size))
     with preemptible() as stop:  # from the start: a SIGTERM during set-up is seen at the first step
         training = set_up(Path(manifest_path), run_dir, out_dir, classes, settings, variant, run_name, threads,
                           cache)

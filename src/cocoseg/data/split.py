@@ -18,6 +18,7 @@ import pandas as pd
 
 from cocoseg.config import schema_default
 from cocoseg.io import write_csv
+from cocoseg.paths import MASKS
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,10 @@ def split_manifest(
     ``data/masks`` for all.
     """
     selected = pd.read_csv(selected_path)
-    mask_dirs = mask_dirs or ["data/masks"] * len(counts_paths)
+    mask_dirs = mask_dirs or [MASKS] * len(counts_paths)
     if len(mask_dirs) != len(counts_paths):
-        raise ValueError(f"{len(counts_paths)} counts files but {len(mask_dirs)} mask folders")
+        raise ValueError(f"{len(counts_paths)} counts files but {len(mask_dirs)} mask folders: give one mask folder "
+                         "(--mask-dirs) per counts file, in the same order")
     counts = pd.concat([pd.read_csv(path).assign(mask_dir=folder) for path, folder in zip(counts_paths, mask_dirs)],
                        ignore_index=True)
     manifest = selected.merge(counts, on="image_id", how="left", validate="one_to_one")
