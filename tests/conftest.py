@@ -21,10 +21,11 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotoo
 from cocoseg.data.synth import generate, unpack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# Slow: a real Snakemake pipeline (the data_run and full_run fixtures, test_crash.py), the benchmarks, and
-# tests marked slow in their files (training runs, several processes). `make test-fast` leaves them out.
+# Slow: real Snakemake runs, dry runs and lint included (test_workflow.py, test_study_run.py, test_crash.py), the
+# benchmarks, and tests marked slow in their files (training runs, several processes). `make test-fast` leaves
+# them out.
 SLOW_FIXTURES = {"data_run", "full_run"}
-SLOW_FILES = {"test_crash.py", "test_benchmarks.py"}
+SLOW_FILES = {"test_crash.py", "test_benchmarks.py", "test_workflow.py", "test_study_run.py"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

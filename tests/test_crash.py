@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +22,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, SNAKEMAKE, snakemake
 
 from cocoseg.checkpoint import load_checkpoint
 from cocoseg.train import TIMING_COLUMNS
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 RUN = "crash"
 VARIANT = "mobilenet_v3_large-cross_entropy-uniform"
 POLL_SECONDS = 0.01
@@ -53,13 +51,6 @@ def prepare(root: Path) -> list[str]:
     root.mkdir(parents=True, exist_ok=True)
     (root / "crash.yaml").write_text(yaml.safe_dump(config))
     return ["--cores", "2", "--directory", str(root), "--configfile", str(root / "crash.yaml"), "--until", "train"]
-
-
-def snakemake(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*SNAKEMAKE, *args], cwd=REPO, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
@@ -175,7 +166,7 @@ def assert_resumed(root: Path, reference: Path) -> None:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run."""
     root = tmp_path_factory.mktemp("uninterrupted")
-    snakemake(prepare(root))
+    snakemake(*prepare(root))
     return root
 
 
@@ -195,7 +186,7 @@ def with_reference_data(reference: Path, root: Path) -> list[str]:
         return ["crash.yaml"] if Path(folder) == reference else []
 
     shutil.copytree(reference, root, ignore=left_out, dirs_exist_ok=True)
-    dry_run = snakemake([*args, "--dry-run", "--quiet", "rules"]).stdout
+    dry_run = snakemake(*args, "--dry-run", "--quiet", "rules").stdout
     jobs = {line.split()[0] for line in dry_run.splitlines() if re.fullmatch(r"\S+\s+\d+", line.strip())}
     assert jobs - {"total"} == {"train"}, dry_run
     return args
@@ -214,10 +205,10 @@ def test_a_killed_job_then_a_power_loss_each_resume_with_what_the_readme_says(re
     assert re.search(r"resuming .*: epoch 2, step 0", train_log), train_log  # from the first kill's last.pt
     # Snakemake marked the training's declared outputs incomplete when it started the job: none may exist.
     assert not any((model_dir(tmp_path) / name).exists() for name in ("best.pt", "metrics.csv", "training.json"))
-    locked = snakemake(args, check=False)
+    locked = snakemake(*args, check=False)
     assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
-    snakemake([*args, "--unlock"])
-    snakemake(args)
+    snakemake(*args, "--unlock")
+    snakemake(*args)
     assert_resumed(tmp_path, reference)
 
 
@@ -232,7 +223,7 @@ def test_killed_mask_shards_and_cache_build_are_redone_exactly(reference, tmp_pa
     interrupted(args, tmp_path / "cache.log", lambda: any(cache_dir.glob(".*.tmp")), script="cache")
     assert any(cache_dir.glob(".*.tmp"))  # left behind, for the next build to remove
     assert not (cache_dir / "cache.json").exists() and not (cache_dir / "train_images.npy").exists()
-    snakemake(args)
+    snakemake(*args)
 
     data, reference_data = run_dir(tmp_path) / "data", run_dir(reference) / "data"
     shards = sorted(path.name for path in (reference_data / "masks").iterdir())  # one folder per shard

@@ -236,6 +236,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_loader_workers_forked_after_opencv_ran_do_not_hang(tmp_path):
     """Setting OpenCV's threads inside a forked worker hung it once the parent's pool had run: they are set
     before the fork, and the worker runs OpenCV on one thread."""
@@ -261,6 +262,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_a_sigterm_while_loader_workers_start_does_not_kill_them(tmp_path):
     held = run_script(tmp_path, SIGTERM_WHILE_WORKERS_START, "held")
     assert held.returncode == 0 and held.stdout.split() == ["4"], held.stderr[-2000:]

@@ -64,6 +64,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_loader_workers_leave_sigterm_to_the_main_process(tmp_path):
     """Slurm's SIGTERM reaches the DataLoader workers too: they ignore it, and the main process, which saves
     last.pt and exits 143, keeps its batches. A worker that died of it would end the job with "DataLoader

@@ -168,13 +168,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _export_settings(args: argparse.Namespace) -> tuple[dict, RunPaths, Path]:
-    """The config, its run's paths, and the checkpoint: named, or the one validation chooses."""
+    """The config, the run's paths (--run-dir, --manifest's run, else the config's), and the checkpoint: named,
+    or the one validation chooses among that run's."""
     from cocoseg.config import load_config
     from cocoseg.deployment import chosen_checkpoint
     from cocoseg.variants import expand_variants, grid_seeds
 
     config = load_config(args.configfile)
-    run = RunPaths.of(config["run"])
+    run = _run(args, config)
     if args.seed is not None and not args.variant:
         raise ValueError(f"--seed {args.seed} names a seed of --variant, which is missing; add --variant "
                          "backbone-loss-sampling, or name the run's best.pt with --checkpoint")
@@ -199,7 +200,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     config, run, checkpoint = _export_settings(args)
     settings = config["export"]
     out = Path(args.out or run.onnx_model)
-    export_verified(checkpoint, out, config["run"], args.manifest or run.manifest, _run(args, config).root,
+    export_verified(checkpoint, out, config["run"], args.manifest or run.manifest, run.root,
                     settings["batch_size"], args.threads or settings["threads"], settings["logit_tolerance"],
                     settings["miou_tolerance"])
     print(f"{out} and {out.with_suffix('.json')}: verified on the test split")
@@ -211,12 +212,12 @@ def cmd_deployment(args: argparse.Namespace) -> None:
     from cocoseg.export import read_sidecar
 
     config = load_config(args.configfile)
-    run = RunPaths.of(config["run"])
+    run = _run(args, config)
     model = args.model or run.onnx_model
     table = (Path(args.out_dir) / Path(run.deployment).name).as_posix() if args.out_dir else run.deployment
     settings = config["export"]
     frame = write_deployment(model, read_sidecar(model)["provenance"]["checkpoint"], args.manifest or run.manifest,
-                             _run(args, config).root, table, html_of(table), settings["batch_size"],
+                             run.root, table, html_of(table), settings["batch_size"],
                              settings["timing_seconds"], args.threads or settings["threads"])
     print(frame.drop(columns=["cpu"]).to_string(index=False))
 
