@@ -113,18 +113,30 @@ def planned_jobs(out: str) -> dict[str, int]:
     return jobs
 
 
+def tiny_config(run: str, dataset: str, num_images: int, max_images: int, shards: int, variant: str | None = None,
+                **synthetic: Any) -> dict[str, Any]:
+    """config/demo.yaml scaled down for a test's own run: a synthetic dataset of its own (``synthetic`` sets its
+    seed or sizes), ``shards`` mask shards, wandb off; with ``variant``, a grid of that variant's first seed,
+    which is then the reference."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["run"] = run
+    config["dataset"].update(name=dataset, max_images=max_images)
+    config["dataset"]["synthetic"].update(num_images=num_images, **synthetic)
+    config["masks"]["shards"] = shards
+    if variant:
+        config["grid"].update(variants=[variant], seeds=config["grid"]["seeds"][:1])
+        config["evaluate"]["reference"] = variant
+    config["wandb"]["mode"] = "disabled"
+    return config
+
+
 @pytest.fixture(scope="session")
 def data_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`snakemake data` of a tiny synthetic study (80 images, 3 mask shards), its config <root>/tiny.yaml: the data
     stage that test_workflow.py checks and test_study_run.py and the two-rank run start from."""
     root = tmp_path_factory.mktemp("workflow")
-    config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
-    config["run"] = "tiny"
-    config["dataset"].update(name="synthetic-tiny", max_images=80)
-    config["dataset"]["synthetic"].update(num_images=100, seed=3)
-    config["masks"]["shards"] = 3
+    config = tiny_config("tiny", "synthetic-tiny", num_images=100, max_images=80, shards=3, seed=3)
     config["train"].update(image_size=96, epochs=6, overrides={"resnet50": {"image_size": 32, "epochs": 1}})
-    config["wandb"]["mode"] = "disabled"
     config["export"] = {"timing_seconds": 0.3, "batch_size": 4}  # the deployment table: a smoke test here
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
     snakemake("data", "--cores", "2", "--directory", str(root), "--configfile", str(root / "tiny.yaml"))

@@ -7,8 +7,7 @@ only in the rarely run real-Slurm test.
 
 from __future__ import annotations
 
-import yaml
-from conftest import REPO
+from conftest import tiny_config
 
 from cocoseg.paths import RunPaths
 
@@ -17,16 +16,8 @@ DATASET = "synthetic-slurm"
 
 
 def _tiny(run: str) -> dict:
-    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    config["run"] = run
-    config["dataset"].update(name=DATASET, max_images=40)
-    config["dataset"]["synthetic"].update(num_images=50)
-    config["masks"]["shards"] = 1
-    config["grid"]["variants"] = VARIANTS[:1]
-    config["grid"]["seeds"] = [0]
-    config["evaluate"]["reference"] = VARIANTS[0]
+    config = tiny_config(run, DATASET, num_images=50, max_images=40, shards=1, variant=VARIANTS[0])
     config["train"].update(image_size=48, epochs=1, overrides={})
-    config["wandb"]["mode"] = "disabled"
     return config
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, SNAKEMAKE, snakemake
+from conftest import REPO, SNAKEMAKE, snakemake, tiny_config
 
 from cocoseg.checkpoint import load_checkpoint
 from cocoseg.train import TIMING_COLUMNS
@@ -35,19 +35,10 @@ PATIENCE_SECONDS = 300
 
 def prepare(root: Path) -> list[str]:
     """The tiny study's config in ``root``; returns the arguments of the command a user would type."""
-    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    config["run"] = RUN
-    config["dataset"].update(name="synthetic-crash", max_images=30)
     # COCO-sized images: the mask and cache jobs work long enough to be killed part way.
-    config["dataset"]["synthetic"].update(num_images=40, seed=5, sizes=[[640, 480], [480, 640]])
-    config["masks"]["shards"] = 2
-    config["grid"]["variants"] = [VARIANT]
-    if "seeds" in config["grid"]:
-        config["grid"]["seeds"] = config["grid"]["seeds"][:1]
-    if "reference" in config.get("evaluate", {}):
-        config["evaluate"]["reference"] = VARIANT
+    config = tiny_config(RUN, "synthetic-crash", num_images=40, max_images=30, shards=2, variant=VARIANT, seed=5,
+                         sizes=[[640, 480], [480, 640]])
     config["train"].update(image_size=32, epochs=4, overrides={})
-    config["wandb"]["mode"] = "disabled"
     root.mkdir(parents=True, exist_ok=True)
     (root / "crash.yaml").write_text(yaml.safe_dump(config))
     return ["--cores", "2", "--directory", str(root), "--configfile", str(root / "crash.yaml"), "--until", "train"]

@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import pandas as pd
 import pytest
 import slurm_study
 import yaml
-from conftest import REPO
+from conftest import REPO, SNAKEMAKE
 
 from cocoseg.checkpoint import load_checkpoint
 from cocoseg.train import TIMING_COLUMNS
@@ -42,7 +41,6 @@ pytestmark = pytest.mark.slurm
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel", "scontrol")
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 # No slurmdbd: squeue answers; the plugin's first status check after 2 s (its interval then grows by 10 s).
 THROUGH_SLURM = ["--profile", str(REPO / "profiles/slurm"), "--slurm-status-command", "squeue",
                  "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",

@@ -16,15 +16,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 import pytest
 import slurm_study
 import yaml
-from conftest import REPO
+from conftest import REPO, SNAKEMAKE, tiny_config
 from standin_slurm import calls, install, options
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 VARIANT = slurm_study.VARIANTS[0]
 THREADS = 2
 
@@ -52,16 +50,10 @@ def test_the_real_slurm_tests_targets_are_planned(tmp_path, name, targets):
 def submitted(tmp_path_factory):
     """A 2-GPU training job and its evaluation, submitted through the Slurm profile to the stand-ins."""
     root = tmp_path_factory.mktemp("standin")
-    config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
-    config["run"] = "standin"
-    config["dataset"].update(name="synthetic-standin", max_images=24)
-    config["dataset"]["synthetic"].update(num_images=30, seed=2)
-    config["masks"]["shards"] = 1
-    config["grid"].update(variants=[VARIANT], seeds=[0])
-    config["evaluate"]["reference"] = VARIANT
+    config = tiny_config("standin", "synthetic-standin", num_images=30, max_images=24, shards=1, variant=VARIANT,
+                         seed=2)
     config["train"].update(image_size=32, epochs=1, gpus=2, threads=THREADS, batch_size=4, base_batch_size=4,
                            overrides={})
-    config["wandb"]["mode"] = "disabled"
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     common = ["--directory", str(root), "--configfile", str(root / "config.yaml")]
     snakemake("results/standin/cache/32px/cache.json", "--cores", "2", *common)  # the data, on this machine
