@@ -1,12 +1,14 @@
 """Each data-stage rule script run alone, on small inputs in a temporary folder, with a stand-in snakemake object."""
 
 import json
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CLASSES, run_rule_script
+from conftest import CLASSES, REPO, run_rule_script
 from PIL import Image
 
 from cocoseg.data.masks import build_masks
@@ -128,3 +130,27 @@ def test_stats(manifest, tmp_path):
     for figure in ("images_figure", "pixels_figure"):
         with Image.open(outputs[figure]) as image:
             assert image.format == "PNG" and image.size[0] > 500
+
+
+MODEL_SCRIPTS = {"train", "evaluate", "export", "deployment"}
+IMPORTS_OF = """
+import importlib, re, sys
+from pathlib import Path
+for script in sys.argv[1:]:
+    for module in re.findall(r"^from (cocoseg[\\w.]*) import", Path(script).read_text(), re.M):
+        importlib.import_module(module)
+        print(script, module, *[name for name in ("torch", "torchvision", "albumentations") if name in sys.modules])
+"""
+
+
+def test_only_the_model_jobs_import_torch():
+    """Tables, figures, the cache and the data stage start in about a second: importing torch and torchvision
+    alone takes about 4 s of CPU, paid by every job that does."""
+    scripts = sorted(path for path in (REPO / "workflow" / "scripts").glob("*.py") if path.stem not in MODEL_SCRIPTS)
+    assert {"tables", "compare", "curves", "evaluation_figures", "prediction_figures", "cache"} <= {
+        path.stem for path in scripts}
+    out = subprocess.run([sys.executable, "-c", IMPORTS_OF, *map(str, scripts)], capture_output=True, text=True,
+                         check=True).stdout
+    imported = [line for line in out.splitlines() if len(line.split()) > 2]
+    assert not imported, imported  # the first line: the script and the module that brought the training stack
+    assert {line.split()[0] for line in out.splitlines()} == set(map(str, scripts))  # each script's imports ran

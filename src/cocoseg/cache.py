@@ -24,8 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cocoseg.data.split import split_rows
-from cocoseg.datasets import read_mask, read_rgb
-from cocoseg.io import atomic_path
+from cocoseg.io import atomic_path, read_mask, read_rgb
 
 log = logging.getLogger(__name__)
 

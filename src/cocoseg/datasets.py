@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from cocoseg.coco import IGNORE_LABEL
+from cocoseg.io import read_mask, read_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,17 +46,6 @@ def eval_transform(image_size: int) -> A.Compose:
     """Resize and normalize the image only: the mask keeps its own resolution."""
     return A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR),
                       A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image as HxWx3 uint8 RGB (grayscale and CMYK JPEGs converted)."""
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.array(image)
 
 
 class SegmentationDataset(Dataset):

@@ -1,4 +1,7 @@
-"""Atomic file output: write to a temporary file beside the target, then rename."""
+"""Atomic file output (write to a temporary file beside the target, then rename), and reading images and masks.
+
+No torch here: the table, figure and cache jobs import this, and start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -91,3 +96,14 @@ def write_html_table(frame: pd.DataFrame, path: str | os.PathLike[str], caption:
     if caption:
         html = f"<p>{caption}</p>\n{html}"
     write_text(html, path)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image as HxWx3 uint8 RGB (grayscale and CMYK JPEGs converted)."""
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.array(image)

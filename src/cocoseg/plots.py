@@ -17,8 +17,7 @@ from matplotlib.ticker import MaxNLocator
 
 from cocoseg.data.masks import palette
 from cocoseg.data.split import split_rows
-from cocoseg.datasets import read_mask, read_rgb
-from cocoseg.io import save_figure, write_csv, write_text
+from cocoseg.io import read_mask, read_rgb, save_figure, write_csv, write_text
 from cocoseg.stats import detectable_difference
 from cocoseg.variants import parse_variant
 
