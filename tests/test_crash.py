@@ -8,11 +8,9 @@ unfinished job, and only its lock is left to clear.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -161,34 +159,41 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def with_reference_data(reference: Path, root: Path) -> list[str]:
-    """``prepare(root)`` with the reference's data stage (dataset, masks, manifest, cache) and Snakemake's records
-    of it copied in, times kept: the command has only training left to do. (Killing the data stage's own jobs is
-    test_killed_mask_shards_and_cache_build_are_redone_exactly's, which builds it.)"""
-    args = prepare(root)
-
-    def left_out(folder: str, names: list[str]) -> list[str]:
-        if Path(folder) == run_dir(reference):
-            return ["models", "logs"]  # training's, to be redone
-        if Path(folder) == reference / ".snakemake":
-            return [name for name in names if name != "metadata"]  # no locks or incomplete markers
-        if Path(folder) == reference / ".snakemake" / "metadata":  # the download's params hold the reference's
-            return [name for name in names if "/archives/" in base64.urlsafe_b64decode(name).decode()]  # path
-        return ["crash.yaml"] if Path(folder) == reference else []
-
-    shutil.copytree(reference, root, ignore=left_out, dirs_exist_ok=True)
-    dry_run = snakemake(*args, "--dry-run", "--quiet", "rules").stdout
-    jobs = {line.split()[0] for line in dry_run.splitlines() if re.fullmatch(r"\S+\s+\d+", line.strip())}
-    assert jobs - {"total"} == {"train"}, dry_run
-    return args
+def assert_data_stage_redone_exactly(root: Path, reference: Path) -> None:
+    """Masks, shards, manifest and cache are the uninterrupted run's, byte for byte."""
+    data, reference_data = run_dir(root) / "data", run_dir(reference) / "data"
+    shards = sorted(path.name for path in (reference_data / "masks").iterdir())  # one folder per shard
+    assert sorted(path.name for path in (data / "masks").iterdir()) == shards and shards
+    for shard in shards:
+        assert files(data / "masks" / shard) == files(reference_data / "masks" / shard)
+    assert files(data / "shards") == files(reference_data / "shards")
+    assert files(data) == files(reference_data)  # manifest.csv, splits.csv, selected.csv, instances.json ...
+    assert files(run_dir(root) / "cache" / "32px") == files(run_dir(reference) / "cache" / "32px")
 
 
-def test_a_killed_job_then_a_power_loss_each_resume_with_what_the_readme_says(reference, tmp_path):
-    """The training job's own process SIGKILLed after epoch 1 (an out-of-memory killer, a failed node): the same
-    command resumes it. That run's whole Snakemake process group SIGKILLed after epoch 2 (a power loss): --unlock
-    with the same arguments, then the same command, resumes again. The result is the uninterrupted run's."""
-    args = with_reference_data(reference, tmp_path)
+def test_killed_jobs_and_a_power_loss_each_resume_with_what_the_readme_says(reference, tmp_path):
+    """One run, crashed four times, each time resumed by the command the README says to type:
+
+    1. a mask shard's job SIGKILLed part way, then 2. the cache build's: both are redone from scratch;
+    3. the training job's own process SIGKILLed after epoch 1 (an out-of-memory killer, a failed node): the
+       same command resumes it from last.pt;
+    4. that run's whole Snakemake process group SIGKILLed after epoch 2 (a power loss): --unlock with the same
+       arguments, then the same command, resumes again.
+    The data stage and the training metrics are the uninterrupted run's.
+    """
+    args = prepare(tmp_path)
+    masks_dir = run_dir(tmp_path) / "data" / "masks"
+    cache_dir = run_dir(tmp_path) / "cache" / "32px"
+    interrupted(args, tmp_path / "masks.log", lambda: any(masks_dir.glob(".*.partial/*.png")), script="masks")
+    # Killed part way: a shard's masks in progress are left behind, and its declared outputs do not exist.
+    assert any(masks_dir.glob(".*.partial/*.png"))
+    assert len(list((run_dir(tmp_path) / "data" / "shards").glob("pixels-*.csv"))) < 2
+    interrupted(args, tmp_path / "cache.log", lambda: any(cache_dir.glob(".*.tmp")), script="cache")
+    assert any(cache_dir.glob(".*.tmp"))  # left behind, for the next build to remove
+    assert not (cache_dir / "cache.json").exists() and not (cache_dir / "train_images.npy").exists()
+
     interrupted(args, tmp_path / "killed.log", epoch_done(tmp_path, 1), script="train")
+    assert_data_stage_redone_exactly(tmp_path, reference)
     assert_cut_short(tmp_path)
     interrupted(args, tmp_path / "power_loss.log", epoch_done(tmp_path, 2))  # kill -9 of the process group
     assert_cut_short(tmp_path)
@@ -201,27 +206,4 @@ def test_a_killed_job_then_a_power_loss_each_resume_with_what_the_readme_says(re
     snakemake(*args, "--unlock")
     snakemake(*args)
     assert_resumed(tmp_path, reference)
-
-
-def test_killed_mask_shards_and_cache_build_are_redone_exactly(reference, tmp_path):
-    args = prepare(tmp_path)
-    masks_dir = run_dir(tmp_path) / "data" / "masks"
-    cache_dir = run_dir(tmp_path) / "cache" / "32px"
-    interrupted(args, tmp_path / "masks.log", lambda: any(masks_dir.glob(".*.partial/*.png")), script="masks")
-    # Killed part way: a shard's masks in progress are left behind, and its declared outputs do not exist.
-    assert any(masks_dir.glob(".*.partial/*.png"))
-    assert len(list((run_dir(tmp_path) / "data" / "shards").glob("pixels-*.csv"))) < 2
-    interrupted(args, tmp_path / "cache.log", lambda: any(cache_dir.glob(".*.tmp")), script="cache")
-    assert any(cache_dir.glob(".*.tmp"))  # left behind, for the next build to remove
-    assert not (cache_dir / "cache.json").exists() and not (cache_dir / "train_images.npy").exists()
-    snakemake(*args)
-
-    data, reference_data = run_dir(tmp_path) / "data", run_dir(reference) / "data"
-    shards = sorted(path.name for path in (reference_data / "masks").iterdir())  # one folder per shard
-    assert sorted(path.name for path in (data / "masks").iterdir()) == shards and shards
-    for shard in shards:
-        assert files(data / "masks" / shard) == files(reference_data / "masks" / shard)
-    assert files(data / "shards") == files(reference_data / "shards")
-    assert files(data) == files(reference_data)  # manifest.csv, splits.csv, selected.csv, instances.json ...
-    assert files(cache_dir) == files(run_dir(reference) / "cache" / "32px")
-    pd.testing.assert_frame_equal(metrics(tmp_path), metrics(reference))
+    assert_data_stage_redone_exactly(tmp_path, reference)
