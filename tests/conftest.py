@@ -136,6 +136,10 @@ def data_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stage that test_workflow.py checks and test_study_run.py and the two-rank run start from."""
     root = tmp_path_factory.mktemp("workflow")
     config = tiny_config("tiny", "synthetic-tiny", num_images=100, max_images=80, shards=3, seed=3)
+    # The study: two MobileNetV3 variants (uniform and oversampled) x 2 seeds. ResNet-50 trains in the real-Slurm
+    # study (slurm_study.py), the benchmarks' smoke runs and test_device.py.
+    config["grid"]["variants"] = ["mobilenet_v3_large-cross_entropy-uniform",
+                                  "mobilenet_v3_large-focal_tversky-oversample"]
     config["train"].update(image_size=96, epochs=6, overrides={"resnet50": {"image_size": 32, "epochs": 1}})
     config["export"] = {"timing_seconds": 0.3, "batch_size": 4}  # the deployment table: a smoke test here
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))

@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 from cocoseg.paths import RunPaths
 
-VARIANTS = ["mobilenet_v3_large-cross_entropy-uniform", "mobilenet_v3_large-focal_tversky-oversample"]
+VARIANTS = ["mobilenet_v3_large-cross_entropy-uniform", "resnet50-weighted_cross_entropy-uniform"]
 DATASET = "synthetic-slurm"
 
 
@@ -22,7 +22,7 @@ def _tiny(run: str) -> dict:
 
 
 def study_config() -> dict:
-    """2 variants x 2 seeds, one epoch each: the whole study through the profile, then its report."""
+    """2 variants (both backbones) x 2 seeds, one epoch each: the whole study through the profile, then its report."""
     config = _tiny("slurm-study")
     config["grid"].update(variants=list(VARIANTS), seeds=[0, 1])
     return config
