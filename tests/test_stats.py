@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import integrate
 from scipy import stats as scipy_stats
 
 from cocoseg.compare import compare
@@ -116,6 +117,24 @@ def test_generalized_interval_between_its_two_limits():
     assert edge.p_value[0] == pytest.approx(0.05, rel=1e-3)
 
 
+def pivot_tail(h, seed_var, df, image_var):
+    """P(|Z| sqrt(seed_var df / X + image_var) > h), integrated over X's chi-square density by scipy's adaptive
+    quad (not the module's fixed nodes)."""
+    def tail(x):
+        return scipy_stats.chi2.pdf(x, df) * 2 * scipy_stats.norm.sf(h / np.sqrt(seed_var * df / x + image_var))
+    return integrate.quad(tail, 0, df, limit=200)[0] + integrate.quad(tail, df, np.inf, limit=200)[0]
+
+
+def test_generalized_quantile_solves_its_definition_by_adaptive_integration():
+    for seed_var, df, image_var in [(1e-4, 1.0, 1e-6), (1e-4, 2.0, 1e-4), (3e-5, 4.5, 2e-5), (1e-4, 30.0, 1e-5)]:
+        for confidence in (0.95, 0.6):
+            h = float(generalized_quantile(np.array(seed_var), df, np.array(image_var), confidence))
+            assert pivot_tail(h, seed_var, df, image_var) == pytest.approx(1 - confidence, rel=1e-3), (df, confidence)
+    # No seed degrees of freedom (one seed), or unknown ones: undefined, as Student's t.
+    assert np.isnan(generalized_quantile(np.array([1e-4, 1e-4]), np.array([0.0, np.nan]), np.array([1e-6, 1e-6]),
+                                         0.95)).all()
+
+
 def test_power_by_hand_and_its_limits():
     seed_var, image_var = 1e-4, 4e-6
     for seeds in (2, 3, 10):  # no image error: Welch's t with equal variances, df 2 (S - 1)
@@ -132,6 +151,35 @@ def test_power_by_hand_and_its_limits():
     # Test images whose own error is above 0.02 / 2.8 leave 0.02 out of reach of any number of seeds.
     assert seeds_needed(0.02, seed_var, seed_var, (0.02 / 2.5) ** 2) == np.inf
     assert np.isnan(seeds_needed(0.02, np.nan, seed_var, image_var))
+    assert np.isnan(detectable_difference(seed_var, 1, seed_var, 1, image_var))  # one seed: no test
+
+
+def seeds_needed_one_count_at_a_time(delta, seed_var_a, seed_var_b, image_var, most):
+    """The reference: a plain loop over seed counts, one scalar ``detectable_difference`` call each."""
+    if np.isnan(seed_var_a + seed_var_b + image_var):
+        return np.nan
+    for seeds in range(2, most + 1):
+        if detectable_difference(seed_var_a, seeds, seed_var_b, seeds, image_var) <= delta:
+            return float(seeds)
+    return np.inf
+
+
+def test_seeds_needed_for_several_differences_at_once_against_a_loop_over_seed_counts():
+    deltas, most = np.array([0.005, 0.01, 0.02, 0.05]), 60
+    cases = [(1e-4, 1e-4, 4e-6), (4e-4, 1e-5, 1e-6), (1e-6, 3e-4, 2e-5), (2e-4, 2e-4, 0.0), (0.0, 0.0, 1e-5),
+             (1e-3, 5e-4, 3e-7), (np.nan, 1e-4, 1e-6), (1e-4, 1e-4, np.nan)]
+    outcomes = []
+    for seed_var_a, seed_var_b, image_var in cases:
+        expected = [seeds_needed_one_count_at_a_time(d, seed_var_a, seed_var_b, image_var, most) for d in deltas]
+        together = seeds_needed(deltas, seed_var_a, seed_var_b, image_var, most)
+        np.testing.assert_array_equal(together, expected)
+        one = seeds_needed(float(deltas[1]), seed_var_a, seed_var_b, image_var, most)
+        assert np.ndim(one) == 0
+        np.testing.assert_equal(one, expected[1])
+        outcomes += expected
+    # The cases reach every kind of answer: the fewest (2), a count between, out of reach, unknown variance.
+    assert 2 in outcomes and any(2 < o < most for o in outcomes) and np.inf in outcomes
+    assert any(np.isnan(o) for o in outcomes)
 
 
 def write_run(root, variant, seed, val_miou, confusion, image_ids, steps=10):

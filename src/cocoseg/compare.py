@@ -102,8 +102,8 @@ def _power_columns(configuration: Configuration, reference: Configuration, resul
     image = float(result.image_var[MIOU])
     columns["detectable_delta"] = float(detectable_difference(seed_a, configuration.seeds, seed_r, reference.seeds,
                                                               image))
-    for delta in PLANNED_DELTAS:
-        columns[f"seeds_to_detect_{delta}"] = seeds_needed(delta, seed_a, seed_r, image, MOST_SEEDS)
+    needed = seeds_needed(np.array(PLANNED_DELTAS), seed_a, seed_r, image, MOST_SEEDS)
+    columns.update({f"seeds_to_detect_{delta}": float(seeds) for delta, seeds in zip(PLANNED_DELTAS, needed)})
     return columns
 
 

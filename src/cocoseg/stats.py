@@ -227,25 +227,28 @@ def generalized_quantile(seed_var: np.ndarray, seed_df: np.ndarray, image_var: n
     """h with P(|Z| sqrt(seed_var seed_df / X + image_var) <= h) = ``confidence``: the interval's half-width.
 
     Z is standard normal and X chi-square with ``seed_df`` degrees of freedom; the integral over X is
-    Gauss-Legendre quadrature on its quantiles, and h is found by bisection.
+    Gauss-Legendre quadrature on its quantiles, and h is found by Newton's method (to 1e-12 relative).
+    NaN where ``seed_df`` is NaN or not positive, as Student's t.
     """
     seed_var, image_var = np.asarray(seed_var, dtype=np.float64), np.asarray(image_var, dtype=np.float64)
     ratio, weight = _chi2_nodes(seed_df)
     scale = np.sqrt(seed_var[..., None] / ratio + image_var[..., None])
     missed_target, se = 1 - confidence, np.sqrt(seed_var + image_var)
-    # Bracketed by the normal's quantile (no seed uncertainty) and Student's t at the seed df (Hsu's bound),
-    # each with a margin.
-    low = 0.5 * scipy_stats.norm.ppf(1 - missed_target / 2) * se
-    high = 1.5 * scipy_stats.t.ppf(1 - missed_target / 2, np.nan_to_num(np.asarray(seed_df, dtype=np.float64),
-                                                                        posinf=1e9)) * se
-    low, high = np.broadcast_arrays(low, high)
-    for _ in range(30):
-        middle = (low + high) / 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            missed = (weight * 2 * scipy_special.ndtr(-middle[..., None] / scale)).sum(axis=-1)
-        too_narrow = missed > missed_target
-        low, high = np.where(too_narrow, middle, low), np.where(too_narrow, high, middle)
-    return np.where(seed_var + image_var > 0, high, 0.0)
+    # The probability of missing, sum of weight 2 Phi(-h / scale), is convex and falling in h > 0: started
+    # below h (half the normal's quantile, which has no seed uncertainty), Newton's steps rise to h without
+    # passing it.
+    h = np.broadcast_to(0.5 * scipy_special.ndtri(1 - missed_target / 2) * se, scale.shape[:-1]).copy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(100):
+            z = h[..., None] / scale
+            missed = (weight * 2 * scipy_special.ndtr(-z)).sum(axis=-1)
+            slope = (weight * 2 * np.exp(-z * z / 2) / (np.sqrt(2 * np.pi) * scale)).sum(axis=-1)
+            step = (missed - missed_target) / slope
+            h = h + step
+            if not np.any(np.abs(step) > 1e-12 * h):  # NaN (no variance) counts as done
+                break
+    defined = np.asarray(seed_df, dtype=np.float64) > 0
+    return np.where(seed_var + image_var > 0, np.where(defined, h, np.nan), 0.0)
 
 
 def _seed_component(configuration: Configuration) -> tuple[np.ndarray, float]:
@@ -293,23 +296,21 @@ def detectable_difference(seed_var_a: np.ndarray, seeds_a: np.ndarray, seed_var_
             + generalized_quantile(seed_var, seed_df, image_var, 2 * power - 1))
 
 
-def seeds_needed(delta: float, seed_var_a: float, seed_var_b: float, image_var: float, most: int = 100) -> float:
-    """Seeds per configuration for 80% power to detect ``delta`` on these test images: NaN where a seed
-    variance is unknown, inf beyond ``most`` (the test images' own error, which more seeds do not shrink,
-    may put ``delta`` out of reach)."""
+def seeds_needed(delta: float | np.ndarray, seed_var_a: float, seed_var_b: float, image_var: float,
+                 most: int = 100) -> np.ndarray:
+    """Seeds per configuration for 80% power to detect ``delta`` (one difference or an array of them) on these
+    test images: the fewest from 2 to ``most`` whose ``detectable_difference`` is at most ``delta``. NaN where a
+    seed variance is unknown, inf beyond ``most`` (the test images' own error, which more seeds do not shrink,
+    may put ``delta`` out of reach). The same shape as ``delta``.
+    """
+    delta = np.asarray(delta, dtype=np.float64)
     if not np.isfinite(seed_var_a + seed_var_b + image_var):
-        return np.nan
-
-    def detectable(seeds: int) -> float:
-        return float(detectable_difference(seed_var_a, seeds, seed_var_b, seeds, image_var))
-
-    if detectable(most) > delta:
-        return np.inf
-    low, high = 1, most  # detectable(high) <= delta; the difference shrinks as seeds grow
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if detectable(middle) > delta else (low, middle)
-    return float(high)
+        return np.full(delta.shape, np.nan)[()]
+    seeds = np.arange(2, most + 1)
+    # The whole curve at once (one vectorized call): it falls as seeds grow, so the first count that reaches
+    # ``delta`` is the one a bisection would find.
+    reached = detectable_difference(seed_var_a, seeds, seed_var_b, seeds, image_var) <= delta[..., None]
+    return np.where(reached.any(axis=-1), seeds[reached.argmax(axis=-1)], np.inf)[()]
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:
