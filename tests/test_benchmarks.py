@@ -1,23 +1,50 @@
 """The benchmarks run end to end on the CPU (tiny sizes: a smoke test, not a measurement)."""
 
 import json
-import subprocess
+import runpy
+import signal
 import sys
 
+import cv2
 import pytest
+import torch
 from conftest import REPO
 
 from cocoseg.device import cpu_has_native_bf16
 
 
-def test_bench_train_smoke(tmp_path):
+@pytest.fixture
+def run_benchmark(tmp_path, monkeypatch):
+    """``python benchmarks/<script> <args>`` run in this process, in tmp_path (a new process would spend seconds
+    importing torch again). What the scripts change for the whole process is put back afterwards: torch's and
+    OpenCV's thread counts (``--threads``) and torch's CPU random state (``torch.manual_seed``)."""
+    threads, opencv_threads, random_state = torch.get_num_threads(), cv2.getNumThreads(), torch.get_rng_state()
+    monkeypatch.chdir(tmp_path)
+
+    def run(script, *args, timeout=600):
+        path = REPO / "benchmarks" / script
+        monkeypatch.setattr(sys, "argv", [str(path), *args])
+        previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"{script} ran past {timeout} s"))
+        signal.alarm(timeout)  # a hang fails the test instead of holding up the suite
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+
+    yield run
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(opencv_threads)
+    torch.set_rng_state(random_state)
+
+
+def test_bench_train_smoke(tmp_path, run_benchmark):
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_train.py"), "--device", "cpu", "--size", "48",
-                    "--images", "20", "--steps", "1", "--warmup", "1", "--batch-size", "4", "--eval-batch-size", "8",
-                    "--study-divisor", "1", "--study-workers", "0", "--num-workers", "0", "--threads", "2",
-                    "--json", str(out)], check=True, cwd=tmp_path, timeout=600)
+    run_benchmark("bench_train.py", "--device", "cpu", "--size", "32", "--images", "20", "--steps", "1",
+                  "--warmup", "0", "--batch-size", "4", "--eval-batch-size", "8", "--study-divisor", "1",
+                  "--study-workers", "0", "--num-workers", "0", "--threads", "2", "--json", str(out))
     result = json.loads(out.read_text())
-    assert result["device"].startswith("CPU") and result["size"] == 48
+    assert result["device"].startswith("CPU") and result["size"] == 32
     assert set(result["backbones"]) == {"mobilenet_v3_large", "resnet50"}
     assert result["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # --precision auto
     for paths in result["backbones"].values():
@@ -46,13 +73,13 @@ def test_bench_train_smoke(tmp_path):
     assert result["grid_hours"]["cocoseg"] == sum(b["grid_hours"]["cocoseg"] for b in result["backbones"].values())
 
 
-def test_bench_comparison_reproduces_the_calibration_and_the_former_methods_failure(tmp_path):
+def test_bench_comparison_reproduces_the_calibration_and_the_former_methods_failure(tmp_path, run_benchmark):
     from cocoseg.simulate import ARMS, calibrate
 
     out = tmp_path / "comparison.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_comparison.py"), "--arms", "0", "--studies", "40",
-                    "--effect-studies", "10", "--resamples", "200", "--configurations", "4", "--seeds", "2",
-                    "--images", "50", "--json", str(out)], check=True, cwd=tmp_path)
+    run_benchmark("bench_comparison.py", "--arms", "0", "--studies", "40",
+                  "--effect-studies", "10", "--resamples", "200", "--configurations", "4", "--seeds", "2",
+                  "--images", "50", "--json", str(out))
     result = json.loads(out.read_text())
     ours, before = result["calibration"]
     assert ours == {"arm": ARMS[0].name, "seeds": 2, "method": "variance components (cocoseg)",
@@ -62,10 +89,10 @@ def test_bench_comparison_reproduces_the_calibration_and_the_former_methods_fail
     assert result["speed"]["configurations"] == 4 and result["speed"]["images"] == 50
 
 
-def test_bench_deploy_smoke(tmp_path):
+def test_bench_deploy_smoke(tmp_path, run_benchmark):
     out = tmp_path / "deploy.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_deploy.py"), "--size", "32", "--batch-size", "2",
-                    "--seconds", "0.05", "--threads", "2", "--json", str(out)], check=True, cwd=tmp_path, timeout=300)
+    run_benchmark("bench_deploy.py", "--size", "32", "--batch-size", "2", "--seconds", "0.05", "--threads", "2",
+                  "--json", str(out), timeout=300)
     result = json.loads(out.read_text())
     rows = {(row["backbone"], row["runtime"]): row for row in result["rows"]}
     for backbone in ("mobilenet_v3_large", "resnet50"):
