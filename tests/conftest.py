@@ -16,6 +16,9 @@ import yaml
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# OpenVINO's import sends a telemetry event (a DNS lookup, then HTTPS) and writes ~/intel/ unless its consent file
+# says no or CI=true: tests, and the jobs they start, must not touch the network.
+os.environ["CI"] = "true"
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
 
 from cocoseg.data.synth import generate, unpack  # noqa: E402

@@ -69,3 +69,13 @@ def test_the_library_builds_as_a_package(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(REPO)], check=True, capture_output=True)
     assert list(tmp_path.glob("cocoseg-*.whl"))
+
+
+def test_openvino_telemetry_is_off_in_tests():
+    """Importing openvino sends an event to Google Analytics unless opted out (conftest sets CI=true, which its
+    telemetry honours; ``opt_in_out --opt_out`` is the user's way)."""
+    import openvino.tools.ovc.telemetry_utils as ovc_telemetry
+    from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+
+    assert ovc_telemetry.init_ovc_telemetry().consent is False
+    assert OptInChecker().check(enable_opt_in_dialog=False, disable_in_ci=True) == ConsentCheckResult.DECLINED
