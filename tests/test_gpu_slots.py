@@ -28,7 +28,7 @@ def no_visible_devices(monkeypatch):
 
 @pytest.mark.slow
 def test_concurrent_jobs_get_different_gpus_and_the_next_waits(tmp_path, no_visible_devices):
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # a job of its own, without a fresh interpreter's imports
     report, release = context.Queue(), context.Event()
     jobs = [context.Process(target=hold_slots, args=(2, 4, tmp_path, report, release)) for _ in range(2)]
     for job in jobs:
@@ -37,8 +37,8 @@ def test_concurrent_jobs_get_different_gpus_and_the_next_waits(tmp_path, no_visi
         claims = [report.get(timeout=60) for _ in jobs]
         assert sorted(tuple(slots) for slots, _ in claims) == [(0, 1), (2, 3)]
         assert {visible for _, visible in claims} == {"0,1", "2,3"}
-        with pytest.raises(TimeoutError, match="free GPU"), claimed_gpus(1, 4, tmp_path, timeout=1.5):
-            pass  # all four held: a third job waits
+        with pytest.raises(TimeoutError, match="free GPU"), claimed_gpus(1, 4, tmp_path, timeout=0.5):
+            pass  # all four held: a third job waits (it tries again after 1 s, then gives up)
     finally:
         release.set()
         for job in jobs:
@@ -74,7 +74,7 @@ def test_the_train_rule_script_trains_on_the_gpus_it_claimed(tmp_path, monkeypat
 
     monkeypatch.setattr(cocoseg.train, "train", record("train"))
     monkeypatch.setattr(cocoseg.train, "train_distributed", record("train_distributed"))
-    other_job = multiprocessing.get_context("spawn")
+    other_job = multiprocessing.get_context("fork")
     report, release = other_job.Queue(), other_job.Event()
     holder = other_job.Process(target=hold_slots, args=(len(held), 4, tmp_path / f"cocoseg-gpus-{os.getuid()}",
                                                         report, release))
