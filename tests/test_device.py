@@ -173,42 +173,51 @@ import multiprocessing, os, signal, sys, time
 import cocoseg.lifecycle
 from cocoseg.lifecycle import init_loader_worker, loader_workers
 
-def stuck_worker():
+def stuck_worker(ready):
     init_loader_worker(0)
+    os.write(ready, b"!")
     time.sleep(600)  # stands in for a worker blocked where the loader's shutdown cannot reach it
 
 if __name__ == "__main__":
     cocoseg.lifecycle.WORKER_EXIT_GRACE_S = 1.0
     loader_workers(int(sys.argv[1]))  # what the loaders call; with 0 workers it registers nothing
-    worker = multiprocessing.get_context("fork").Process(target=stuck_worker, daemon=True)
+    ready, told = os.pipe()
+    worker = multiprocessing.get_context("fork").Process(target=stuck_worker, args=(told,), daemon=True)
     worker.start()
+    os.close(told)  # the worker's now: a worker that died before it wrote leaves an end of file
     print(worker.pid, flush=True)
-    time.sleep(1)
+    os.read(ready, 1)  # its init has run
     os.kill(worker.pid, signal.SIGTERM)  # Slurm's SIGTERM, or the loader's own terminate(): ignored
-    time.sleep(0.5)
+    worker.join(0.5)
     assert worker.is_alive()
+    print("exiting", flush=True)
     sys.exit(143)
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reaped", [True, False])
-def test_a_stuck_loader_worker_cannot_hang_the_exit(tmp_path, reaped):
+def test_a_stuck_loader_worker_cannot_hang_the_exit(tmp_path):
     """A worker ignores SIGTERM (it is the main process's to handle), so multiprocessing's exit, which sends
-    SIGTERM and then waits without limit, would hang on a stuck one: loaders' workers are killed at exit."""
+    SIGTERM and then waits without limit, would hang on a stuck one: loaders' workers are killed at exit. The
+    control (no loader workers, so no reaper), run alongside, hangs until its worker is killed."""
     (tmp_path / "job.py").write_text(STUCK_WORKER)
-    job = subprocess.Popen([sys.executable, "job.py", "2" if reaped else "0"], cwd=tmp_path, stdout=subprocess.PIPE,
-                           text=True)
-    worker_pid = int(job.stdout.readline())
+    jobs = {reaped: subprocess.Popen([sys.executable, "job.py", "2" if reaped else "0"], cwd=tmp_path,
+                                     stdout=subprocess.PIPE, text=True) for reaped in (True, False)}
+    workers = {}
     try:
-        returncode = job.wait(timeout=30 if reaped else 6)
-    except subprocess.TimeoutExpired:
-        returncode = None
+        for reaped, job in jobs.items():
+            workers[reaped] = int(job.stdout.readline())
+            assert job.stdout.readline() == "exiting\n"  # its worker outlived the SIGTERM
+        assert jobs[True].wait(timeout=30) == 143
+        with pytest.raises(subprocess.TimeoutExpired):
+            jobs[False].wait(timeout=2)  # the control: hung, 2 s after the reaped job ended ...
+        os.kill(workers[False], signal.SIGKILL)
+        assert jobs[False].wait(timeout=30) == 143  # ... on its stuck worker
     finally:
-        job.kill()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker_pid, signal.SIGKILL)
-    assert returncode == (143 if reaped else None)  # without the reaper: hung (the control)
+        for reaped, job in jobs.items():
+            job.kill()
+            with contextlib.suppress(ProcessLookupError, KeyError):
+                os.kill(workers[reaped], signal.SIGKILL)
 
 
 FORKED_AFTER_OPENCV = """
@@ -245,7 +254,7 @@ def test_loader_workers_forked_after_opencv_ran_do_not_hang(tmp_path):
 
 
 SIGTERM_WHILE_WORKERS_START = """
-import os, signal, sys
+import os, signal
 import torch
 from cocoseg.lifecycle import init_loader_worker, loader_workers, started_workers
 
@@ -253,18 +262,25 @@ def signalled_before_its_init(worker_id):
     os.kill(os.getpid(), signal.SIGTERM)  # the job's SIGTERM, arriving before the worker's init has run
     init_loader_worker(worker_id)
 
+def batches(start):
+    options = {**loader_workers(1), "worker_init_fn": signalled_before_its_init}
+    return sum(len(batch) for batch in start(torch.utils.data.DataLoader([torch.zeros(8)] * 4, batch_size=2,
+                                                                         **options)))
+
 if __name__ == "__main__":
     torch.multiprocessing.set_start_method("spawn")  # as in a spawned DDP rank: the workers are forked all the same
-    options = {**loader_workers(1), "worker_init_fn": signalled_before_its_init}
-    loader = torch.utils.data.DataLoader([torch.zeros(8)] * 4, batch_size=2, **options)
-    batches = started_workers(loader) if sys.argv[1] == "held" else iter(loader)
-    print(sum(len(batch) for batch in batches))
+    print(batches(started_workers), flush=True)
+    try:
+        print(batches(iter))  # the control: without the block
+    except Exception as failed:
+        print("control:", failed)
 """
 
 
 @pytest.mark.slow
 def test_a_sigterm_while_loader_workers_start_does_not_kill_them(tmp_path):
-    held = run_script(tmp_path, SIGTERM_WHILE_WORKERS_START, "held")
-    assert held.returncode == 0 and held.stdout.split() == ["4"], held.stderr[-2000:]
-    bare = run_script(tmp_path, SIGTERM_WHILE_WORKERS_START, "bare")
-    assert bare.returncode != 0 and "exited unexpectedly" in bare.stderr  # the control: without the block
+    result = run_script(tmp_path, SIGTERM_WHILE_WORKERS_START)
+    assert result.returncode == 0, result.stderr[-2000:]
+    held, bare = result.stdout.splitlines()
+    assert held == "4"
+    assert bare.startswith("control:") and "exited unexpectedly" in bare, bare  # the control: killed as it started

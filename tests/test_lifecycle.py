@@ -46,21 +46,44 @@ def test_preemptible_installs_the_stop_request_and_restores_the_handler():
 
 
 SIGTERM_TO_A_WORKING_WORKER = """
-import os, signal, sys
-import pytest
+import os, subprocess, sys, time
 import torch
 from cocoseg.lifecycle import loader_workers, started_workers
 
-if __name__ == "__main__":
-    options = loader_workers(1)
-    if sys.argv[1] == "bare":
-        options["worker_init_fn"] = None  # the control: a worker that keeps SIGTERM's default
-    loader = torch.utils.data.DataLoader([torch.zeros(8)] * 64, batch_size=2, **options)
-    batches = started_workers(loader) if sys.argv[1] != "bare" else iter(loader)
+# Slurm's SIGTERM comes from another process: torch's workers exit quietly on one from their own main process
+# (the loader's shutdown).
+SIGTERM_FROM_ANOTHER_PROCESS = "import os, signal, sys; os.kill(int(sys.argv[1]), signal.SIGTERM)"
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, at_work):
+        self.at_work = at_work
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        if index == 2:  # in the second batch, loaded while the first is taken
+            os.write(self.at_work, b"!")
+            time.sleep(0.2)  # the signal finds the worker at work here, not inside the loader's own code
+        return torch.zeros(8)
+
+def batches_after_sigterm_to_a_working_worker(options, start):
+    at_work, tells = os.pipe()
+    batches = start(torch.utils.data.DataLoader(Items(tells), batch_size=2, **options))
+    os.close(tells)  # the worker's now: a worker that died before it wrote leaves an end of file
     first = next(batches)
-    for worker in batches._workers:
-        os.kill(worker.pid, signal.SIGTERM)  # Slurm signals every process of the job
-    print(len(first) + sum(len(batch) for batch in batches))
+    os.read(at_work, 1)
+    for worker in batches._workers:  # Slurm signals every process of the job
+        subprocess.run([sys.executable, "-c", SIGTERM_FROM_ANOTHER_PROCESS, str(worker.pid)], check=True)
+    return len(first) + sum(len(batch) for batch in batches)
+
+if __name__ == "__main__":
+    print(batches_after_sigterm_to_a_working_worker(loader_workers(1), started_workers), flush=True)
+    bare = {**loader_workers(1), "worker_init_fn": None}  # the control: a worker that keeps SIGTERM's default
+    try:
+        print(batches_after_sigterm_to_a_working_worker(bare, iter))
+    except Exception as failed:
+        print("control:", failed)
 """
 
 
@@ -68,34 +91,39 @@ if __name__ == "__main__":
 def test_loader_workers_leave_sigterm_to_the_main_process(tmp_path):
     """Slurm's SIGTERM reaches the DataLoader workers too: they ignore it, and the main process, which saves
     last.pt and exits 143, keeps its batches. A worker that died of it would end the job with "DataLoader
-    worker killed" instead."""
-    kept = run_script(tmp_path, SIGTERM_TO_A_WORKING_WORKER, "ignoring")
-    assert kept.returncode == 0 and kept.stdout.split() == ["64"], kept.stderr[-2000:]
-    bare = run_script(tmp_path, SIGTERM_TO_A_WORKING_WORKER, "bare")
-    assert bare.returncode != 0 and "DataLoader worker" in bare.stderr, bare.stderr[-2000:]
+    worker killed" instead (the control, in the same process)."""
+    job = run_script(tmp_path, SIGTERM_TO_A_WORKING_WORKER)
+    assert job.returncode == 0, job.stderr[-2000:]
+    kept, bare = job.stdout.splitlines()
+    assert kept == "64"
+    assert bare.startswith("control:") and "DataLoader worker" in bare, bare
 
 
 NOT_RERUN_IN_THE_RANKS = """
-import contextlib, sys, time
-from cocoseg import lifecycle
-
 if __name__ == "__mp_main__":  # this script re-run in a spawned rank, as a rule script would be
     raise NameError("name 'snakemake' is not defined")  # only the preamble of Snakemake's copy defines it
 
+import contextlib, time
+from cocoseg import lifecycle
+
 if __name__ == "__main__":
-    if sys.argv[1] == "shown":
-        lifecycle.main_script_hidden = contextlib.nullcontext  # the control
     lifecycle.launch(2, time.sleep, (0,), {})
-    print("ranks done")
+    print("ranks done", flush=True)
+    lifecycle.main_script_hidden = contextlib.nullcontext  # the control
+    try:
+        lifecycle.launch(2, time.sleep, (0,), {})
+    except Exception as failed:
+        print("control:", type(failed).__name__)
 """
 
 
 @pytest.mark.slow
 def test_spawned_ranks_do_not_rerun_the_main_script(tmp_path):
     """Spawned ranks import the parent's ``__main__`` first; under Snakemake that is the rule script, which
-    fails outside Snakemake's copy (and would start the job over if it did not)."""
-    hidden = run_script(tmp_path, NOT_RERUN_IN_THE_RANKS, "hidden")
-    assert hidden.returncode == 0 and hidden.stdout.split() == ["ranks", "done"], hidden.stderr[-2000:]
-    shown = run_script(tmp_path, NOT_RERUN_IN_THE_RANKS, "shown")
-    assert shown.returncode != 0 and "name 'snakemake' is not defined" in shown.stderr, shown.stderr[-2000:]
-
+    fails outside Snakemake's copy (and would start the job over if it did not): the control, with the script
+    shown to them, fails so."""
+    job = run_script(tmp_path, NOT_RERUN_IN_THE_RANKS)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert job.stdout.splitlines() == ["ranks done", "control: ProcessExitedException"], job.stderr[-2000:]
+    # Only the control's ranks could print it: had the first launch's failed, it would have raised.
+    assert "name 'snakemake' is not defined" in job.stderr, job.stderr[-2000:]
