@@ -144,8 +144,8 @@ for script in sys.argv[1:]:
 
 
 def test_only_the_model_jobs_import_torch():
-    """Tables, figures, the cache and the data stage start in about a second: importing torch and torchvision
-    alone takes about 4 s of CPU, paid by every job that does."""
+    """Tables, figures, the cache and the data stage start in about a second (provenance imports torch later, to name
+    the GPUs): importing torch and torchvision alone takes about 4 s of CPU, paid by every job that does."""
     scripts = sorted(path for path in (REPO / "workflow" / "scripts").glob("*.py") if path.stem not in MODEL_SCRIPTS)
     assert {"tables", "compare", "curves", "evaluation_figures", "prediction_figures", "cache"} <= {
         path.stem for path in scripts}

@@ -336,7 +336,7 @@ def claimed_gpus(count: int, total: int | None = None, lock_dir: str | Path | No
                  "starting more GPU jobs than there are GPUs", count, total, folder, total)
     while held is None:
         if timeout is not None and time.monotonic() - started > timeout:
-            raise TimeoutError(f"no {count} free GPU(s) of {total} after {timeout:.0f} s: other jobs hold the locks "
+            raise TimeoutError(f"no {count} free GPU(s) of {total} after {timeout:g} s: other jobs hold the locks "
                                f"in {folder}; run with --resources gpu={total} so that Snakemake does not start more")
         time.sleep(1.0)
         held = _lock_free_slots(files, count)

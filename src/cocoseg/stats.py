@@ -297,12 +297,14 @@ def detectable_difference(seed_var_a: np.ndarray, seeds_a: np.ndarray, seed_var_
 
 
 def seeds_needed(delta: float | np.ndarray, seed_var_a: float, seed_var_b: float, image_var: float,
-                 most: int = 100) -> np.ndarray:
+                 most: int = 100) -> float | np.ndarray:
     """Seeds per configuration for 80% power to detect ``delta`` (one difference or an array of them) on these
     test images: the fewest from 2 to ``most`` whose ``detectable_difference`` is at most ``delta``. NaN where a
     seed variance is unknown, inf beyond ``most`` (the test images' own error, which more seeds do not shrink,
     may put ``delta`` out of reach). The same shape as ``delta``.
     """
+    if most < 2:
+        raise ValueError(f"most={most}: a seed variance needs at least 2 seeds per configuration")
     delta = np.asarray(delta, dtype=np.float64)
     if not np.isfinite(seed_var_a + seed_var_b + image_var):
         return np.full(delta.shape, np.nan)[()]
