@@ -170,6 +170,19 @@ def run_rule_script(name: str, *, input: dict | None = None, output: dict | None
     runpy.run_path(str(REPO / "workflow" / "scripts" / f"{name}.py"), init_globals={"snakemake": snakemake})
 
 
+def processes() -> dict[int, SimpleNamespace]:
+    """Every process now: pid -> its state, parent pid and process group, from /proc/<pid>/stat (read after the
+    command name, which may hold spaces and parentheses)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except OSError:  # it ended meanwhile
+            continue
+        found[int(stat.parent.name)] = SimpleNamespace(state=state, parent=int(parent), group=int(group))
+    return found
+
+
 def run_script(folder: Path, source: str, *args: str) -> subprocess.CompletedProcess:
     """``source`` saved as ``folder/job.py`` and run in a Python process of its own (signals, forks, exits)."""
     (folder / "job.py").write_text(source)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, SNAKEMAKE, snakemake, tiny_config
+from conftest import REPO, SNAKEMAKE, processes, snakemake, tiny_config
 
 from cocoseg.checkpoint import load_checkpoint
 from cocoseg.train import TIMING_COLUMNS
@@ -51,14 +51,8 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
 
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
+    for child, process in processes().items():
+        children.setdefault(process.parent, []).append(child)
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

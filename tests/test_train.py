@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CLASSES, run_script
+from conftest import CLASSES, processes, run_script
 
 import cocoseg.train as train_module
 from cocoseg.device import cpu_has_native_bf16
@@ -201,13 +201,7 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_
 def live_group_members(group: int) -> list[int]:
     """Processes of ``group`` that are still running: a zombie (ended, its parent gone, not yet reaped by init) is
     left out."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):  # the process ended meanwhile
-            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            if int(pgrp) == group and state != "Z":
-                members.append(int(stat.parent.name))
-    return members
+    return [pid for pid, process in processes().items() if process.group == group and process.state != "Z"]
 
 
 def processes_outliving(group: int, wait_s: float = 15) -> list[int]:
