@@ -14,11 +14,10 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 from conftest import REPO, SNAKEMAKE, processes, snakemake, tiny_config
 
@@ -145,12 +144,21 @@ def assert_resumed(root: Path, reference: Path) -> None:
     assert len(metrics(root)) == 4
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    snakemake(*prepare(root))
-    return root
+@contextlib.contextmanager
+def alongside(args: list[str], log: Path) -> Iterator[subprocess.Popen]:
+    """Snakemake running beside the test; stopped on the way out if it still runs, however the test ends."""
+    process = start(args, log)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def finished(process: subprocess.Popen, log: Path) -> None:
+    process.wait(timeout=PATIENCE_SECONDS)
+    assert process.returncode == 0, log.read_text()
 
 
 def assert_data_stage_redone_exactly(root: Path, reference: Path) -> None:
@@ -165,7 +173,7 @@ def assert_data_stage_redone_exactly(root: Path, reference: Path) -> None:
     assert files(run_dir(root) / "cache" / "32px") == files(run_dir(reference) / "cache" / "32px")
 
 
-def test_killed_jobs_and_a_power_loss_each_resume_with_what_the_readme_says(reference, tmp_path):
+def test_killed_jobs_and_a_power_loss_each_resume_with_what_the_readme_says(tmp_path):
     """One run, crashed four times, each time resumed by the command the README says to type:
 
     1. a mask shard's job SIGKILLed part way, then 2. the cache build's: both are redone from scratch;
@@ -173,31 +181,35 @@ def test_killed_jobs_and_a_power_loss_each_resume_with_what_the_readme_says(refe
        same command resumes it from last.pt;
     4. that run's whole Snakemake process group SIGKILLed after epoch 2 (a power loss): --unlock with the same
        arguments, then the same command, resumes again.
-    The data stage and the training metrics are the uninterrupted run's.
+    The data stage and the training metrics are the uninterrupted run's, which runs alongside on the core the
+    crashed run leaves idle (its kills wait for files, not for time).
     """
-    args = prepare(tmp_path)
-    masks_dir = run_dir(tmp_path) / "data" / "masks"
-    cache_dir = run_dir(tmp_path) / "cache" / "32px"
-    interrupted(args, tmp_path / "masks.log", lambda: any(masks_dir.glob(".*.partial/*.png")), script="masks")
-    # Killed part way: a shard's masks in progress are left behind, and its declared outputs do not exist.
-    assert any(masks_dir.glob(".*.partial/*.png"))
-    assert len(list((run_dir(tmp_path) / "data" / "shards").glob("pixels-*.csv"))) < 2
-    interrupted(args, tmp_path / "cache.log", lambda: any(cache_dir.glob(".*.tmp")), script="cache")
-    assert any(cache_dir.glob(".*.tmp"))  # left behind, for the next build to remove
-    assert not (cache_dir / "cache.json").exists() and not (cache_dir / "train_images.npy").exists()
+    root, reference = tmp_path / "crashed", tmp_path / "uninterrupted"
+    args = prepare(root)
+    with alongside(prepare(reference), tmp_path / "uninterrupted.log") as uninterrupted:
+        masks_dir = run_dir(root) / "data" / "masks"
+        cache_dir = run_dir(root) / "cache" / "32px"
+        interrupted(args, tmp_path / "masks.log", lambda: any(masks_dir.glob(".*.partial/*.png")), script="masks")
+        # Killed part way: a shard's masks in progress are left behind, and its declared outputs do not exist.
+        assert any(masks_dir.glob(".*.partial/*.png"))
+        assert len(list((run_dir(root) / "data" / "shards").glob("pixels-*.csv"))) < 2
+        interrupted(args, tmp_path / "cache.log", lambda: any(cache_dir.glob(".*.tmp")), script="cache")
+        assert any(cache_dir.glob(".*.tmp"))  # left behind, for the next build to remove
+        assert not (cache_dir / "cache.json").exists() and not (cache_dir / "train_images.npy").exists()
 
-    interrupted(args, tmp_path / "killed.log", epoch_done(tmp_path, 1), script="train")
-    assert_data_stage_redone_exactly(tmp_path, reference)
-    assert_cut_short(tmp_path)
-    interrupted(args, tmp_path / "power_loss.log", epoch_done(tmp_path, 2))  # kill -9 of the process group
-    assert_cut_short(tmp_path)
-    train_log = "".join(path.read_text() for path in (run_dir(tmp_path) / "logs").glob("train_*.log"))
+        interrupted(args, tmp_path / "killed.log", epoch_done(root, 1), script="train")
+        finished(uninterrupted, tmp_path / "uninterrupted.log")
+    assert_data_stage_redone_exactly(root, reference)
+    assert_cut_short(root)
+    interrupted(args, tmp_path / "power_loss.log", epoch_done(root, 2))  # kill -9 of the process group
+    assert_cut_short(root)
+    train_log = "".join(path.read_text() for path in (run_dir(root) / "logs").glob("train_*.log"))
     assert re.search(r"resuming .*: epoch 2, step 0", train_log), train_log  # from the first kill's last.pt
     # Snakemake marked the training's declared outputs incomplete when it started the job: none may exist.
-    assert not any((model_dir(tmp_path) / name).exists() for name in ("best.pt", "metrics.csv", "training.json"))
+    assert not any((model_dir(root) / name).exists() for name in ("best.pt", "metrics.csv", "training.json"))
     locked = snakemake(*args, check=False)
     assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
     snakemake(*args, "--unlock")
     snakemake(*args)
-    assert_resumed(tmp_path, reference)
-    assert_data_stage_redone_exactly(tmp_path, reference)
+    assert_resumed(root, reference)
+    assert_data_stage_redone_exactly(root, reference)
