@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import processes, run_script
 
 from cocoseg.device import autocast, cpu_flags, cpu_has_native_bf16, resolve_precision, to_channels_last, use_threads
 from cocoseg.lifecycle import process_threads
@@ -201,23 +201,27 @@ def test_a_stuck_loader_worker_cannot_hang_the_exit(tmp_path):
     SIGTERM and then waits without limit, would hang on a stuck one: loaders' workers are killed at exit. The
     control (no loader workers, so no reaper), run alongside, hangs until its worker is killed."""
     (tmp_path / "job.py").write_text(STUCK_WORKER)
+    # Each job leads a process group of its own, its forked worker a member: on the way out, killing the groups
+    # kills whatever is left, and never a process that reused a dead worker's pid.
     jobs = {reaped: subprocess.Popen([sys.executable, "job.py", "2" if reaped else "0"], cwd=tmp_path,
-                                     stdout=subprocess.PIPE, text=True) for reaped in (True, False)}
-    workers = {}
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+            for reaped in (True, False)}
     try:
+        workers = {}
         for reaped, job in jobs.items():
             workers[reaped] = int(job.stdout.readline())
             assert job.stdout.readline() == "exiting\n"  # its worker outlived the SIGTERM
         assert jobs[True].wait(timeout=30) == 143
+        assert workers[True] not in processes()  # killed at exit (not left to init)
         with pytest.raises(subprocess.TimeoutExpired):
             jobs[False].wait(timeout=2)  # the control: hung, 2 s after the reaped job ended ...
-        os.kill(workers[False], signal.SIGKILL)
+        os.kill(workers[False], signal.SIGKILL)  # its parent, hung, has not reaped it: the pid is still its
         assert jobs[False].wait(timeout=30) == 143  # ... on its stuck worker
     finally:
-        for reaped, job in jobs.items():
-            job.kill()
-            with contextlib.suppress(ProcessLookupError, KeyError):
-                os.kill(workers[reaped], signal.SIGKILL)
+        for job in jobs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
 
 
 FORKED_AFTER_OPENCV = """
