@@ -126,14 +126,16 @@ def test_resume_in_the_middle_of_an_epoch_is_exact(run_dir, tmp_path, monkeypatc
     pd.testing.assert_frame_equal(a, b)  # the epoch's train loss counts the steps before the interruption
 
 
-def test_resume_loads_the_checkpoint_on_the_cpu_whatever_the_training_device(run_dir, straight_run):
+def test_resume_loads_the_checkpoint_on_the_cpu_whatever_the_training_device(run_dir, tmp_path, straight_run):
     """The GPU path, with ``meta`` standing in for ``cuda``: a checkpoint mapped to the training device
     would hold its RNG states there, and torch.set_rng_state (like torch.cuda.set_rng_state_all)
     refuses anything but a CPU ByteTensor; it also could not copy weights out of ``meta``."""
     one_epoch = settings(data_on_device="never", epochs=1)
-    model_dir = straight_run(one_epoch)
-    saved = load_checkpoint(model_dir / "checkpoints" / "last.pt")
-    training = train_module.set_up(run_dir / "data" / "manifest.csv", run_dir, model_dir, CLASSES, one_epoch, "v",
+    last = straight_run(one_epoch) / "checkpoints" / "last.pt"
+    saved = load_checkpoint(last)
+    (tmp_path / "checkpoints").mkdir()
+    link_or_copy(last, tmp_path / "checkpoints" / "last.pt")  # a run folder of its own: the straight run is shared
+    training = train_module.set_up(run_dir / "data" / "manifest.csv", run_dir, tmp_path, CLASSES, one_epoch, "v",
                                    "run", 2, run_dir / "cache" / "48px")
     training.device = torch.device("meta")
     state = train_module.TrainState()
