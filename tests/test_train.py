@@ -457,12 +457,13 @@ def test_two_processes_match_one_within_the_stated_tolerance(run_dir, tmp_path):
     Each step the two ranks take exactly the single run's 4 images with the same augmentation
     (test_cache checks the sharding), and gradients are averaged. What differs: batch-norm
     statistics over 2 images per rank instead of 4 (gloo has no SyncBatchNorm; on GPUs the ranks
-    use it), and the loss is a mean per rank. Stated tolerance, after 2 epochs (8 steps): train
-    loss within 3% per epoch (measured in bf16 on a 2-core AMD EPYC: 0.3% in one session, 1.8% and 2.6%
-    in another: a thin margin), weights within 12% in relative L2 distance (measured: 6.5%, where
-    training moved them by 26%). The ranks' own weights must agree exactly (checked inside training).
-    (The pre-empted two-rank job of 3 epochs is not this run: after 3 epochs the losses drift apart by
-    up to 4%.)
+    use it), and the loss is a mean per rank. Stated tolerance, after 2 epochs (8 steps): train loss within
+    5% per epoch. Measured in bf16 on a 2-core AMD EPYC over seeds 0-5: differences up to 2.6% (this test's
+    seed 0: -1.8% and -2.6%), standard deviation 1.1%; a gradient off by a factor of 2 (lr doubled or halved on
+    the two ranks) moves epoch 2 by 25-39%. Weights within 12% in relative L2 distance (measured: 6.5%, where
+    training moved them by 26%). The ranks' own weights must agree exactly (checked inside training). (The
+    pre-empted two-rank job of 3 epochs is not this run: the per-rank batch statistics drift further apart
+    with every epoch.)
     """
     common = settings(loss="cross_entropy", batch_size=4, rotate=0)
     single = run_training(run_dir, tmp_path / "single", settings=common)
@@ -473,7 +474,7 @@ def test_two_processes_match_one_within_the_stated_tolerance(run_dir, tmp_path):
     # a batch's images, so the two-rank run takes as many steps as the single one, not twice as many.
     train_images = (pd.read_csv(run_dir / "data" / "manifest.csv")["split"] == "train").sum()
     assert list(b["steps"]) == list(a["steps"]) == [train_images // 4] * common.epochs
-    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=0.03)
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=0.05)
     summary = json.loads((ddp / "training.json").read_text())
     assert summary["world_size"] == 2 and single["world_size"] == 1
     assert not summary["sync_batch_norm"]  # gloo on the CPU: per-rank batch statistics, as the tolerance allows
