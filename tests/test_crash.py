@@ -41,11 +41,12 @@ def prepare(root: Path) -> list[str]:
     return ["--cores", "2", "--directory", str(root), "--configfile", str(root / "crash.yaml"), "--until", "train"]
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    """Snakemake in a process group of its own, as a terminal would start it."""
+def start(args: list[str], log: Path, niceness: int = 0) -> subprocess.Popen:
+    """Snakemake in a process group of its own, as a terminal would start it (``niceness``: its priority, and its
+    jobs')."""
     with open(log, "w") as out:
-        return subprocess.Popen([*SNAKEMAKE, *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(["nice", "-n", str(niceness), *SNAKEMAKE, *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def descendants(pid: int) -> list[int]:
@@ -146,18 +147,24 @@ def assert_resumed(root: Path, reference: Path) -> None:
 
 @contextlib.contextmanager
 def alongside(args: list[str], log: Path) -> Iterator[subprocess.Popen]:
-    """Snakemake running beside the test; stopped on the way out if it still runs, however the test ends."""
-    process = start(args, log)
+    """Snakemake running beside the test at the lowest priority, so that it takes the CPU the test leaves idle and
+    does not slow the jobs the test kills part way; stopped with whatever its group still runs on the way out,
+    however the test ends (its leader not yet reaped, the group id cannot have been reused)."""
+    process = start(args, log, niceness=19)
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
 def finished(process: subprocess.Popen, log: Path) -> None:
-    process.wait(timeout=PATIENCE_SECONDS)
+    try:
+        process.wait(timeout=PATIENCE_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running after {PATIENCE_SECONDS} s:\n{log.read_text()}") from None
     assert process.returncode == 0, log.read_text()
 
 
@@ -181,8 +188,9 @@ def test_killed_jobs_and_a_power_loss_each_resume_with_what_the_readme_says(tmp_
        same command resumes it from last.pt;
     4. that run's whole Snakemake process group SIGKILLed after epoch 2 (a power loss): --unlock with the same
        arguments, then the same command, resumes again.
-    The data stage and the training metrics are the uninterrupted run's, which runs alongside on the core the
-    crashed run leaves idle (its kills wait for files, not for time).
+    The data stage and the training metrics are the uninterrupted run's, which runs alongside at the lowest
+    priority (each kill waits for a file that says its job is part way, and the checks after it fail, never pass,
+    should a job finish first).
     """
     root, reference = tmp_path / "crashed", tmp_path / "uninterrupted"
     args = prepare(root)
