@@ -183,6 +183,13 @@ def processes() -> dict[int, SimpleNamespace]:
     return found
 
 
+
+def group_members(group: int, live: bool = False) -> list[int]:
+    """The processes of process group ``group``; with ``live``, a zombie (ended, not yet reaped) is left out. A
+    group with a member, zombie or not, keeps its id: no other group can have it."""
+    return [pid for pid, process in processes().items()
+            if process.group == group and not (live and process.state == "Z")]
+
 def run_script(folder: Path, source: str, *args: str) -> subprocess.CompletedProcess:
     """``source`` saved as ``folder/job.py`` and run in a Python process of its own (signals, forks, exits)."""
     (folder / "job.py").write_text(source)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import processes, run_script
+from conftest import group_members, run_script
 
 from cocoseg.device import autocast, cpu_flags, cpu_has_native_bf16, resolve_precision, to_channels_last, use_threads
 from cocoseg.lifecycle import process_threads
@@ -193,10 +193,6 @@ if __name__ == "__main__":
     print("exiting", flush=True)
     sys.exit(143)
 """
-
-
-def group_members(group: int) -> list[int]:
-    return [pid for pid, process in processes().items() if process.group == group]
 
 
 @pytest.mark.slow

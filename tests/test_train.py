@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CLASSES, processes, run_script
+from conftest import CLASSES, group_members, run_script
 
 import cocoseg.train as train_module
 from cocoseg.device import cpu_has_native_bf16
@@ -200,18 +200,12 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_
     pd.testing.assert_frame_equal(a, b)
 
 
-def live_group_members(group: int) -> list[int]:
-    """Processes of ``group`` that are still running: a zombie (ended, its parent gone, not yet reaped by init) is
-    left out."""
-    return [pid for pid, process in processes().items() if process.group == group and process.state != "Z"]
-
-
 def processes_outliving(group: int, wait_s: float = 15) -> list[int]:
     """The processes of a job's group (DataLoader workers, ranks) still running ``wait_s`` after it ended."""
     import time
 
     deadline = time.monotonic() + wait_s
-    while (members := live_group_members(group)) and time.monotonic() < deadline:
+    while (members := group_members(group, live=True)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return members
 
