@@ -36,7 +36,7 @@ test-slurm: $(BIN)/activate
 		{ apt-get update -qq && \
 		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge; }
 	PATH="$$PATH:/usr/sbin:/sbin" COCOSEG_REQUIRE_SLURM=1 \
-		$(BIN)/python -m pytest -m slurm -rP --durations=8 tests/test_slurm.py tests/test_slurm_submission.py $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -n0 -m slurm -rP --durations=8 tests/test_slurm.py tests/test_slurm_submission.py $(PYTEST_ARGS)
 
 lint: $(BIN)/activate
 	$(BIN)/snakemake --lint --configfile config/demo.yaml

@@ -22,6 +22,7 @@ os.environ["CI"] = "true"
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
 
 from cocoseg.data.synth import generate, unpack  # noqa: E402
+from cocoseg.device import use_threads  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Slow: real Snakemake runs, dry runs and lint included (test_workflow.py, test_study_run.py, test_crash.py), the
@@ -29,6 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 # them out.
 SLOW_FIXTURES = {"data_run", "full_run"}
 SLOW_FILES = {"test_crash.py", "test_benchmarks.py", "test_workflow.py", "test_study_run.py"}
+# pytest-xdist (addopts in pyproject.toml) runs a file's tests on one worker, so that its module fixtures are computed
+# once, and the files of the tiny study's session fixtures (SLOW_FIXTURES) on one worker too. The files with the
+# suite's long runs are handed out first, so that the short ones fill in around them.
+TINY_STUDY_FILES = ("test_study_run.py", "test_workflow.py")
+FIRST_FILES = (*TINY_STUDY_FILES, "test_train.py", "test_crash.py")
+# Each worker's share of the cores, for torch's and OpenCV's pools in the tests' own training and evaluation:
+# oversubscribed pools wait at their barriers for threads that another worker holds off the cores.
+THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+use_threads(THREADS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,8 +48,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_FILES:
+        uses_tiny_study = bool(SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if uses_tiny_study or item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+        if uses_tiny_study and item.path.name not in TINY_STUDY_FILES:
+            raise pytest.UsageError(f"{item.nodeid} uses the tiny study's fixtures: add its file to TINY_STUDY_FILES "
+                                    "(conftest.py), so that pytest-xdist runs it on the worker that has them")
+    first = {name: rank for rank, name in enumerate(FIRST_FILES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        """A work unit per test file, the tiny study's files making one."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tiny study" if Path(path).name in TINY_STUDY_FILES else path
+
+    return ByFile(config, log)
 CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
 TRAINING_STACK = ("torch", "torchvision", "albumentations", "cv2", "pycocotools")
 

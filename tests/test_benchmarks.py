@@ -8,7 +8,7 @@ import sys
 import cv2
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, THREADS
 
 from cocoseg.device import cpu_has_native_bf16
 
@@ -42,7 +42,7 @@ def test_bench_train_smoke(tmp_path, run_benchmark):
     out = tmp_path / "bench.json"
     run_benchmark("bench_train.py", "--device", "cpu", "--size", "32", "--images", "20", "--steps", "1",
                   "--warmup", "0", "--batch-size", "4", "--eval-batch-size", "8", "--study-divisor", "1",
-                  "--study-workers", "0", "--num-workers", "0", "--threads", "2", "--json", str(out))
+                  "--study-workers", "0", "--num-workers", "0", "--threads", str(THREADS), "--json", str(out))
     result = json.loads(out.read_text())
     assert result["device"].startswith("CPU") and result["size"] == 32
     assert set(result["backbones"]) == {"mobilenet_v3_large", "resnet50"}
@@ -91,8 +91,8 @@ def test_bench_comparison_reproduces_the_calibration_and_the_former_methods_fail
 
 def test_bench_deploy_smoke(tmp_path, run_benchmark):
     out = tmp_path / "deploy.json"
-    run_benchmark("bench_deploy.py", "--size", "32", "--batch-size", "2", "--seconds", "0.05", "--threads", "2",
-                  "--json", str(out), timeout=300)
+    run_benchmark("bench_deploy.py", "--size", "32", "--batch-size", "2", "--seconds", "0.05",
+                  "--threads", str(THREADS), "--json", str(out), timeout=300)
     result = json.loads(out.read_text())
     rows = {(row["backbone"], row["runtime"]): row for row in result["rows"]}
     for backbone in ("mobilenet_v3_large", "resnet50"):

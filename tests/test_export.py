@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
-from conftest import CLASSES
+from conftest import CLASSES, THREADS
 from PIL import Image
 
 from cocoseg.checkpoint import load_checkpoint, save_checkpoint
@@ -69,7 +69,7 @@ def exported(run_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     checkpoint = make_checkpoint(folder / "run" / "best.pt")
     meta = export_verified(checkpoint, folder / "deploy" / "model.onnx", "tiny", run_dir / "data" / "manifest.csv",
-                           run_dir, batch_size=4, threads=2)
+                           run_dir, batch_size=4, threads=THREADS)
     return folder, checkpoint, meta
 
 
@@ -158,7 +158,7 @@ def test_flops_are_counted_as_two_per_multiply_add():
 def test_deployment_table_times_every_runtime_and_scores_its_own_predictions(exported, run_dir, monkeypatch):
     folder, checkpoint, meta = exported
     table = deployment_table(folder / "deploy" / "model.onnx", checkpoint, run_dir / "data" / "manifest.csv", run_dir,
-                             batch_size=2, seconds=0.05, threads=2).set_index("runtime")
+                             batch_size=2, seconds=0.05, threads=THREADS).set_index("runtime")
     assert {"pytorch", "pytorch (project)", "onnxruntime"} <= set(table.index)
     note = str(table.loc["openvino", "note"]) if "openvino" in table.index else "missing"
     if note in ("", "nan"):  # it ran: timed, and scored within bf16's rounding of PyTorch fp32
@@ -184,7 +184,7 @@ def test_openvino_that_cannot_load_is_skipped_with_its_reason(exported, run_dir,
 
     monkeypatch.setattr("cocoseg.runtimes.OpenVinoModel", no_plugin)
     table = deployment_table(folder / "deploy" / "model.onnx", checkpoint, run_dir / "data" / "manifest.csv", run_dir,
-                             batch_size=2, seconds=0.02, threads=2).set_index("runtime")
+                             batch_size=2, seconds=0.02, threads=THREADS).set_index("runtime")
     assert table.loc["openvino", "note"].startswith("skipped: RuntimeError: Device with \"CPU\" name")
     assert np.isnan(table.loc["openvino", "images_per_s"])
 
@@ -200,7 +200,7 @@ def test_openvino_that_compiles_but_fails_to_run_is_skipped_and_a_missing_file_i
 
     monkeypatch.setattr(OpenVinoModel, "forward", fails)
     table = deployment_table(folder / "deploy" / "model.onnx", checkpoint, run_dir / "data" / "manifest.csv", run_dir,
-                             batch_size=2, seconds=0.02, threads=2).set_index("runtime")
+                             batch_size=2, seconds=0.02, threads=THREADS).set_index("runtime")
     assert table.loc["openvino", "note"] == ("skipped: RuntimeError: Exception from src/inference/src/cpp/"
                                              "infer_request.cpp: bf16 is not supported")
     assert (table.drop(index="openvino")["images_per_s"] > 0).all()
@@ -209,7 +209,7 @@ def test_openvino_that_compiles_but_fails_to_run_is_skipped_and_a_missing_file_i
 def test_openvino_runs_fp32_on_a_cpu_without_native_bf16(exported, monkeypatch):
     folder, checkpoint, _ = exported
     monkeypatch.setattr("cocoseg.device.cpu_has_native_bf16", lambda: False)
-    model = OpenVinoModel(folder / "deploy" / "model.onnx", threads=2)
+    model = OpenVinoModel(folder / "deploy" / "model.onnx", threads=THREADS)
     assert model.precision == "fp32"
     import openvino as ov
 
@@ -278,8 +278,8 @@ def test_predict_with_the_onnx_model_writes_the_masks_of_the_pytorch_path(export
     folder, checkpoint, _ = exported
     manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
     images = list(manifest.loc[manifest["split"] == "test", "image_path"][:4])
-    torch_masks = predict(checkpoint, images, tmp_path / "torch", precision="fp32", threads=2)
-    onnx_masks = predict(None, images, tmp_path / "onnx", threads=2, model=folder / "deploy" / "model.onnx")
+    torch_masks = predict(checkpoint, images, tmp_path / "torch", precision="fp32", threads=THREADS)
+    onnx_masks = predict(None, images, tmp_path / "onnx", threads=THREADS, model=folder / "deploy" / "model.onnx")
     assert [p.name for p in torch_masks] == [p.name for p in onnx_masks]
     assert len(np.unique(np.concatenate([read_mask(a).ravel() for a in torch_masks]))) >= 3  # not a uniform mask
     equal = sum(int((read_mask(a) == read_mask(b)).sum()) for a, b in zip(torch_masks, onnx_masks))
@@ -336,7 +336,7 @@ def test_evaluate_on_another_engine_matches_the_pytorch_reference(exported, run_
     monkeypatch.setattr(runtime, "forward", recording)
     reference = evaluate(checkpoint, manifest, run_dir, tmp_path / "pytorch", num_workers=0, batch_size=4,
                          precision="fp32")
-    report = evaluate(checkpoint, manifest, run_dir, tmp_path / engine, num_workers=0, batch_size=4, threads=2,
+    report = evaluate(checkpoint, manifest, run_dir, tmp_path / engine, num_workers=0, batch_size=4, threads=THREADS,
                       engine=engine)
     assert (report["engine"], report["device"], reference["engine"]) == (engine, "cpu", "pytorch")
     assert report["engine_fallback"] is None and len(contiguous) > 2 and all(contiguous)  # NCHW, never channels_last
@@ -358,7 +358,7 @@ def test_an_engine_whose_logits_differ_from_pytorch_stops_evaluation(exported, r
                                                  r"from PyTorch fp32 is [0-9.e+-]+ on the first \d+ evaluation images, "
                                                  r"above the tolerance 0.001 .*; set evaluate.engine to pytorch"):
         evaluate(checkpoint, run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval", num_workers=0,
-                 batch_size=4, threads=2, engine="onnxruntime")
+                 batch_size=4, threads=THREADS, engine="onnxruntime")
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
@@ -372,7 +372,7 @@ def test_an_engine_that_cannot_run_here_falls_back_to_pytorch(exported, run_dir,
 
     monkeypatch.setattr(OnnxRuntimeModel if engine == "onnxruntime" else OpenVinoModel, where, fails)
     report = evaluate(checkpoint, run_dir / "data" / "manifest.csv", run_dir, tmp_path / "eval", num_workers=0,
-                      batch_size=4, threads=2, precision="fp32", engine=engine)
+                      batch_size=4, threads=THREADS, precision="fp32", engine=engine)
     expected = {"engine": "pytorch", "engine_requested": engine,
                 "engine_fallback": f"{engine}: RuntimeError: {engine} cannot run on this CPU", "precision": "fp32"}
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import THREADS
 from test_augment import as_batch, scenes
 from test_train import run_training, settings, sigterm_after, weights
 
@@ -79,6 +80,6 @@ def test_two_gpus_with_nccl_train_one_model(run_dir, tmp_path):
     from cocoseg.train import train_distributed
 
     train_distributed(2, run_dir / "data" / "manifest.csv", run_dir, tmp_path, CLASSES,
-                      settings(device="auto", epochs=1), variant="v", threads=2)
+                      settings(device="auto", epochs=1), variant="v", threads=THREADS)
     summary = pd.read_json(tmp_path / "training.json", typ="series")
     assert summary["world_size"] == 2 and summary["device"] == "cuda:0" and summary["sync_batch_norm"]

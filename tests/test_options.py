@@ -11,7 +11,7 @@ import signal
 import pandas as pd
 import pytest
 import torch
-from conftest import CLASSES
+from conftest import CLASSES, THREADS
 
 import cocoseg.train as train_module
 from cocoseg.evaluate import evaluate
@@ -29,17 +29,17 @@ def settings(**changes) -> TrainSettings:
 
 
 def run_training(run_dir, out, train_settings, **kwargs):
-    return train(run_dir / "data" / "manifest.csv", run_dir, out, CLASSES, train_settings, variant="v", threads=2,
+    return train(run_dir / "data" / "manifest.csv", run_dir, out, CLASSES, train_settings, variant="v", threads=THREADS,
                  **kwargs)
 
 
 def evaluate_and_predict(run_dir, model_dir, tmp_path) -> dict:
     """Evaluate the run's best.pt on the test split and predict two test images with it."""
     metrics = evaluate(model_dir / "best.pt", run_dir / "data" / "manifest.csv", run_dir, model_dir / "evaluation",
-                       num_workers=0, batch_size=4, threads=2, device_name="cpu")
+                       num_workers=0, batch_size=4, threads=THREADS, device_name="cpu")
     manifest = pd.read_csv(run_dir / "data" / "manifest.csv")
     images = manifest.loc[manifest["split"] == "test", "image_path"].head(2).tolist()
-    written = predict(model_dir / "best.pt", images, tmp_path / "predictions", device_name="cpu", threads=2)
+    written = predict(model_dir / "best.pt", images, tmp_path / "predictions", device_name="cpu", threads=THREADS)
     assert [path.stem for path in written if path.suffix == ".png"] == [os.path.splitext(os.path.basename(i))[0]
                                                                          for i in images]
     assert_metrics_are_the_test_splits(run_dir, model_dir / "evaluation", metrics)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CLASSES, group_members, run_script
+from conftest import CLASSES, THREADS, group_members, run_script
 
 import cocoseg.train as train_module
 from cocoseg.device import cpu_has_native_bf16
@@ -31,7 +31,7 @@ def settings(**changes):
 
 def run_training(run_dir, out, **kwargs):
     return train(run_dir / "data" / "manifest.csv", run_dir, out, CLASSES, kwargs.pop("settings", settings()),
-                 variant="v", threads=2, **kwargs)
+                 variant="v", threads=THREADS, **kwargs)
 
 
 def sigterm_after(function):
@@ -163,7 +163,7 @@ def slow_load(self, index):  # workers (forked) load slowly, so that the signal 
 
 cocoseg.datasets.CachedTrainDataset.__getitem__ = slow_load
 train(run_dir / "data" / "manifest.csv", run_dir, out, sys.argv[5].split(","), TrainSettings(**json.loads(sys.argv[4])),
-      variant="v", threads=2)
+      variant="v", threads=int(sys.argv[6]))
 """
 # The job that test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_143 pre-empts: with loader
 # workers, the run of test_resume_after_sigterm_gives_the_same_weights_and_metrics[never-fp32].
@@ -183,7 +183,8 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_
     driver = tmp_path / "driver.py"
     driver.write_text(SIGTERM_DRIVER)
     job = subprocess.Popen([sys.executable, str(driver), str(run_dir), str(tmp_path / "resumed"),
-                            str(tmp_path / "working"), json.dumps(dataclasses.asdict(LOADER_JOB)), ",".join(CLASSES)],
+                            str(tmp_path / "working"), json.dumps(dataclasses.asdict(LOADER_JOB)), ",".join(CLASSES),
+                            str(THREADS)],
                            start_new_session=True, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (tmp_path / "working").exists() and job.poll() is None and time.monotonic() < deadline:
@@ -224,7 +225,7 @@ from cocoseg.train import TrainSettings, train_distributed
 if __name__ == "__main__":
     run_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     train_distributed(2, run_dir / "data" / "manifest.csv", run_dir, out, sys.argv[4].split(","),
-                      TrainSettings(**json.loads(sys.argv[3])), variant="v", threads=2)
+                      TrainSettings(**json.loads(sys.argv[3])), variant="v", threads=int(sys.argv[5]))
 """
 # The two-rank job of two_rank_job. Each epoch has 4 steps, fewer than CHECK_EVERY: the ranks read the stop flag at
 # the first step of each epoch only. The kill lands as epoch 1 ends; they stop at epoch 2's first step, or, had both
@@ -245,7 +246,7 @@ def two_rank_job(run_dir, tmp_path_factory):
     driver, out = tmp_path_factory.mktemp("two_rank_driver") / "driver.py", tmp_path_factory.mktemp("two_rank_job")
     driver.write_text(DISTRIBUTED_DRIVER)
     job = subprocess.Popen([sys.executable, str(driver), str(run_dir), str(out),
-                            json.dumps(dataclasses.asdict(TWO_RANK_JOB)), ",".join(CLASSES)],
+                            json.dumps(dataclasses.asdict(TWO_RANK_JOB)), ",".join(CLASSES), str(THREADS)],
                            start_new_session=True, stderr=subprocess.PIPE, text=True)
     last = out / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 180
@@ -264,7 +265,7 @@ def two_rank_job(run_dir, tmp_path_factory):
                                  summary_written=(out / "training.json").exists(),
                                  outliving=processes_outliving(job.pid))
     train_distributed(2, run_dir / "data" / "manifest.csv", run_dir, out, CLASSES, TWO_RANK_JOB, variant="v",
-                      threads=2)
+                      threads=THREADS)
     return SimpleNamespace(out=out, pre_empted=pre_empted)
 
 
