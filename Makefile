@@ -45,7 +45,7 @@ lint: $(BIN)/activate
 clean-demo:
 	rm -rf results/demo resources/synthetic-demo
 
-# The suite without the tests marked slow (real Snakemake runs, multi-process training, benchmarks): a minute.
+# The suite without the tests marked slow (real Snakemake runs, multi-process training, benchmarks): under a minute.
 .PHONY: test-fast
 test-fast: $(BIN)/activate
 	$(BIN)/python -m pytest -m 'not slow and not slurm' $(PYTEST_ARGS)
