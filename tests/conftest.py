@@ -30,20 +30,32 @@ REPO = Path(__file__).resolve().parents[1]
 # them out.
 SLOW_FIXTURES = {"data_run", "full_run"}
 SLOW_FILES = {"test_crash.py", "test_benchmarks.py", "test_workflow.py", "test_study_run.py"}
-# pytest-xdist (addopts in pyproject.toml) runs a file's tests on one worker, so that its module fixtures are computed
-# once, and the files of the tiny study's session fixtures (SLOW_FIXTURES) on one worker too. The files with the
-# suite's long runs are handed out first, so that the short ones fill in around them.
+# pytest-xdist (`-n auto` in pyproject.toml) runs a file's tests on one worker, so that its module fixtures are
+# computed once, and the files that use the tiny study's session fixtures (SLOW_FIXTURES) on one worker too. The
+# files with the suite's long runs are handed out first, so that the short ones fill in around them.
 TINY_STUDY_FILES = ("test_study_run.py", "test_workflow.py")
 FIRST_FILES = (*TINY_STUDY_FILES, "test_train.py", "test_crash.py")
-# Each worker's share of the cores, for torch's and OpenCV's pools in the tests' own training and evaluation:
-# oversubscribed pools wait at their barriers for threads that another worker holds off the cores.
-THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+MAX_WORKERS = 4
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# Each worker's share of the cores, for torch's and OpenCV's pools in the tests' own training and evaluation in the
+# pytest processes, so that the workers together run no more threads than there are cores.
+THREADS = max(1, CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 use_threads(THREADS)
+MISPLACED = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: real Snakemake runs, training, several processes (make test-fast "
                                        "leaves them out)")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """As many workers as cores (at most MAX_WORKERS), and no more than the work units of the files named."""
+    named = {Path(arg.split("::", 1)[0]) for arg in config.args}
+    units = {"tiny study" if path.name in TINY_STUDY_FILES else path for path in named}
+    files_only = all(path.suffix == ".py" for path in named)
+    return max(1, min(MAX_WORKERS, CORES, len(units) if named and files_only else MAX_WORKERS))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,24 +64,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if uses_tiny_study or item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
         if uses_tiny_study and item.path.name not in TINY_STUDY_FILES:
-            raise pytest.UsageError(f"{item.nodeid} uses the tiny study's fixtures: add its file to TINY_STUDY_FILES "
-                                    "(conftest.py), so that pytest-xdist runs it on the worker that has them")
+            item.stash[MISPLACED] = (f"{item.nodeid} uses the tiny study's fixtures: add its file to TINY_STUDY_FILES "
+                                     "(tests/conftest.py), so that pytest-xdist runs it on the worker that has them")
     first = {name: rank for rank, name in enumerate(FIRST_FILES)}
     items.sort(key=lambda item: first.get(item.path.name, len(first)))
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if MISPLACED in item.stash:  # failed here, not in collection: an error there reaches xdist's user unreadable
+        pytest.fail(item.stash[MISPLACED], pytrace=False)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With xdist's default distribution: a work unit per test file, the tiny study's files making one. (xdist's
+    own grouping by mark, ``--dist loadgroup``, does not group on pytest 9.2: pytest-xdist issue 1386.)"""
+    if config.getvalue("dist") != "load":
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class ByFile(LoadScopeScheduling):
-        """A work unit per test file, the tiny study's files making one."""
-
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return "tiny study" if Path(path).name in TINY_STUDY_FILES else path
 
     return ByFile(config, log)
+
+
 CLASSES = ["person", "bicycle", "car", "motorcycle", "airplane"]
 TRAINING_STACK = ("torch", "torchvision", "albumentations", "cv2", "pycocotools")
 

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import THREADS
 
 from cocoseg.batches import DeviceBatches, LoaderBatches
 from cocoseg.cache import StaleCacheError, build_cache, ensure_cache, load_split, resize_mask
@@ -20,7 +19,7 @@ SIZE = 40
 @pytest.fixture(scope="module")
 def cache_dir(run_dir):
     cache = run_dir / "cache" / "test"
-    build_cache(run_dir / "data" / "manifest.csv", run_dir, cache, SIZE, threads=THREADS)
+    build_cache(run_dir / "data" / "manifest.csv", run_dir, cache, SIZE, threads=2)
     return cache
 
 
