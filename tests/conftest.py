@@ -197,7 +197,7 @@ def data_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config["train"].update(image_size=96, epochs=6, overrides={})
     config["export"] = {"timing_seconds": 0.3, "batch_size": 4}  # the deployment table: a smoke test here
     (root / "tiny.yaml").write_text(yaml.safe_dump(config))
-    snakemake("data", "--cores", "2", "--directory", str(root), "--configfile", str(root / "tiny.yaml"))
+    snakemake("data", "--cores", str(THREADS), "--directory", str(root), "--configfile", str(root / "tiny.yaml"))
     return root
 
 

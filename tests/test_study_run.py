@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import CLASSES, planned_jobs, snakemake
+from conftest import CLASSES, THREADS, planned_jobs, snakemake
 from PIL import Image
 
 
 @pytest.fixture(scope="module")
 def full_run(data_run):
-    snakemake("--cores", "2", "--directory", str(data_run), "--configfile", str(data_run / "tiny.yaml"))
+    snakemake("--cores", str(THREADS), "--directory", str(data_run), "--configfile", str(data_run / "tiny.yaml"))
     report = data_run / "report.html"
     snakemake("--directory", str(data_run), "--configfile", str(data_run / "tiny.yaml"), "--report", str(report))
     return data_run
