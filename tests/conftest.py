@@ -38,7 +38,8 @@ FIRST_FILES = (*TINY_STUDY_FILES, "test_train.py", "test_crash.py")
 MAX_WORKERS = 4
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 # Each worker's share of the cores, for torch's and OpenCV's pools in the tests' own training and evaluation in the
-# pytest processes, so that the workers together run no more threads than there are cores.
+# pytest processes and for the tiny study's Snakemake runs, so that the workers together ask for no more cores than
+# there are.
 THREADS = max(1, CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 use_threads(THREADS)
 MISPLACED = pytest.StashKey[str]()
