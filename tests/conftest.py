@@ -41,7 +41,6 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os
 # pytest processes and for the tiny study's Snakemake runs, so that the workers together ask for no more cores than
 # there are.
 THREADS = max(1, CORES // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-use_threads(THREADS)
 MISPLACED = pytest.StashKey[str]()
 
 
@@ -50,13 +49,18 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "leaves them out)")
 
 
+def work_unit(nodeid: str) -> str:
+    """What one xdist worker runs whole: a test's file, or the tiny study's files together."""
+    path = nodeid.split("::", 1)[0]
+    return "tiny study" if Path(path).name in TINY_STUDY_FILES else path
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """As many workers as cores (at most MAX_WORKERS), and no more than the work units of the files named."""
-    named = {Path(arg.split("::", 1)[0]) for arg in config.args}
-    units = {"tiny study" if path.name in TINY_STUDY_FILES else path for path in named}
-    files_only = all(path.suffix == ".py" for path in named)
-    return max(1, min(MAX_WORKERS, CORES, len(units) if named and files_only else MAX_WORKERS))
+    files_only = all(arg.split("::", 1)[0].endswith(".py") for arg in config.args)
+    units = {work_unit(arg) for arg in config.args}
+    return max(1, min(MAX_WORKERS, CORES, len(units) if config.args and files_only else MAX_WORKERS))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -86,8 +90,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class ByFile(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return "tiny study" if Path(path).name in TINY_STUDY_FILES else path
+            return work_unit(nodeid)
 
     return ByFile(config, log)
 
@@ -106,6 +109,13 @@ def without_training_stack(folder: Path) -> dict[str, str]:
         probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True)
         assert "blocked for the test" in probe.stderr, f"the stand-in for {name} is not the one imported"
     return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_threads() -> None:
+    """THREADS for torch and OpenCV in the process that runs the tests (set here, not at import: xdist's controller
+    runs none, and need not import torch)."""
+    use_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)
